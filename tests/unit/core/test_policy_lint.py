@@ -1,0 +1,119 @@
+"""lint_policy: errors as the loader sees them, warnings for legal but doubtful settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_policy_base import REPO, SHIPPED, VALID, line_of, variant
+
+from tessera.core.policy import LintReport, lint_policy, load_policy, looks_like_pii
+
+
+def _lint(tmp_path: Path, text: str) -> LintReport:
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    return lint_policy(path)
+
+
+def test_valid_policy_has_no_findings(tmp_path: Path) -> None:
+    report = _lint(tmp_path, VALID)
+    assert report.ok and report.errors == () and report.warnings == ()
+    assert report.policy_hash == load_policy(tmp_path / "p.yaml").policy_hash
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_policies_lint_clean(name: str) -> None:
+    report = lint_policy(REPO / "policies" / f"{name}.yaml")
+    assert report.errors == (), report.lines()
+    assert report.warnings == (), report.lines()
+
+
+def test_shipped_partner_policies_cover_the_demo_columns() -> None:
+    common = {"customer_id", "name", "email", "phone", "region", "channel", "signup_date"}
+    common |= {"tenure_months", "monthly_spend", "churned"}
+    extra = {"bank": {"national_id"}, "telco": {"plan"}, "retailer": {"loyalty_tier"}}
+    for partner, own in extra.items():
+        loaded = load_policy(REPO / "policies" / f"{partner}.yaml")
+        assert loaded.partner == partner and loaded.min_participants == 3
+        assert {f.name for f in loaded.schema("customers").fields} == common | own
+        assert {"inventory", "count", "sum", "mean", "histogram", "quantiles"} <= set(loaded.allowed_analyses)
+        assert {"marketing_analytics", "research"} <= set(loaded.allowed_purposes)
+
+
+@pytest.mark.parametrize(
+    ("change", "marker", "fragment"),
+    [
+        (("epsilon_per_job: 0.5", "epsilon_per_job: 1.5"), "epsilon_per_job", "above 1 is weak privacy"),
+        (("epsilon_per_period: 4.0", "epsilon_per_period: 12"), "epsilon_per_period", "above 10 per period"),
+        (("delta: 1.0e-6", "delta: 1.0e-4"), "delta", "unusually loose"),
+        (("min_cohort_size: 20", "min_cohort_size: 5"), "min_cohort_size", "easy to single out"),
+        (("  - beta\n  - gamma", '  - "*"'), "allowed_partners", "any enrolled partner"),
+        (("region: {tier: non_sensitive", "home_phone: {tier: non_sensitive"), "home_phone", "personal data"),
+        (("  - sum\n", "  - sum\n  - count\n"), "  - count", "listed twice"),
+        (
+            (
+                "email: {tier: core_sensitive, type: string}",
+                "email: {tier: core_sensitive, type: string, pii_override: true}",
+            ),
+            "email:",
+            "no effect",
+        ),
+    ],
+)
+def test_warnings_are_located(tmp_path: Path, change: tuple[str, str], marker: str, fragment: str) -> None:
+    text = variant(change)
+    report = _lint(tmp_path, text)
+    assert report.ok and report.errors == ()
+    assert len(report.warnings) == 1
+    warning = report.warnings[0]
+    # The last line holding the marker: a duplicate is reported where it repeats.
+    expected_line = max(n for n, line in enumerate(text.splitlines(), start=1) if marker in line)
+    assert warning.line == expected_line
+    assert fragment in warning.message
+
+
+def test_pii_override_silences_the_name_warning(tmp_path: Path) -> None:
+    text = variant(
+        (
+            "region: {tier: non_sensitive, type: category}",
+            "email_domain: {tier: non_sensitive, type: category, pii_override: true}",
+        )
+    )
+    assert _lint(tmp_path, text).warnings == ()
+
+
+def test_errors_are_all_reported_without_raising(tmp_path: Path) -> None:
+    text = variant(("min_participants: 3", "min_participants: 1"), ("delta: 1.0e-6", "delta: 0.5"))
+    report = _lint(tmp_path, text)
+    assert not report.ok and report.policy_hash == ""
+    assert [p.line for p in report.errors] == sorted(
+        [line_of(text, "delta"), line_of(text, "min_participants")]
+    )
+    assert report.lines()[0].startswith(f"{tmp_path / 'p.yaml'}, line ")
+
+
+def test_missing_file_is_an_error_not_an_exception(tmp_path: Path) -> None:
+    report = lint_policy(tmp_path / "absent.yaml")
+    assert not report.ok and "does not exist" in report.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("email", True),
+        ("contactEmail", True),
+        ("first_name", True),
+        ("home_address", True),
+        ("national_id", True),
+        ("SSN", True),
+        ("mobile_number", True),
+        ("region", False),
+        ("channel", False),
+        ("monthly_spend", False),
+        ("tenure_months", False),
+        ("plan", False),
+    ],
+)
+def test_pii_like_names(name: str, expected: bool) -> None:
+    assert looks_like_pii(name) is expected
