@@ -1,0 +1,194 @@
+"""AnalystService: thin — authenticate the analyst, decode, call the job service, encode."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+import grpc
+
+from tessera.core import serde
+from tessera.core.errors import AuthError, TesseraError
+from tessera.core.grpc_status import abort
+from tessera.core.types import PeerIdentity, Stage
+from tessera.server.jobs import JobService
+from tessera.server.node_servicer import Identify
+from tessera.server.notifier import Notifier
+from tessera.server.store import JobRecord, NodeRecord
+from tessera.v1 import analyst_pb2, analyst_pb2_grpc
+
+log = logging.getLogger("tessera.coordinator.analysts")
+
+
+class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
+    def __init__(
+        self, jobs: JobService, notifier: Notifier, identify: Identify, *, online_after: timedelta
+    ) -> None:
+        self.jobs = jobs
+        self.notifier = notifier
+        self.identify = identify
+        self.online_after = online_after
+
+    def _analyst(self, context: grpc.ServicerContext) -> PeerIdentity:
+        peer = self.identify(context)
+        if peer.kind != "analyst":
+            raise AuthError("only analyst certificates may call the analyst service")
+        return peer
+
+    def SubmitJob(
+        self, request: analyst_pb2.SubmitJobRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.SubmitJobResponse:
+        try:
+            peer = self._analyst(context)
+            spec = serde.job_spec_from_pb(request.spec)
+            try:
+                job = self.jobs.submit(spec, actor=peer)
+            except TesseraError as exc:
+                self.jobs.store.audit(
+                    actor=peer.name,
+                    role=peer.role or "",
+                    action="job.submit",
+                    now=self.jobs.clock(),
+                    outcome=f"refused: {exc.code}",
+                )
+                raise
+        except TesseraError as exc:
+            abort(context, exc)
+        return analyst_pb2.SubmitJobResponse(job_id=job.job_id, state=serde.state_to_pb(job.state))
+
+    def GetJob(self, request: analyst_pb2.GetJobRequest, context: grpc.ServicerContext) -> analyst_pb2.Job:
+        try:
+            self._analyst(context)
+            return self._job_pb(self.jobs.store.get_job(request.job_id))
+        except TesseraError as exc:
+            abort(context, exc)
+
+    def CancelJob(
+        self, request: analyst_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.Job:
+        try:
+            peer = self._analyst(context)
+            return self._job_pb(self.jobs.cancel(request.job_id, actor=peer))
+        except TesseraError as exc:
+            abort(context, exc)
+
+    def WatchJob(
+        self, request: analyst_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[analyst_pb2.JobEvent]:
+        try:
+            self._analyst(context)
+            self.jobs.store.get_job(request.job_id)
+        except TesseraError as exc:
+            abort(context, exc)
+        last = 0
+        while context.is_active():
+            seen = self.notifier.version
+            try:
+                events = self.jobs.store.events_after(request.job_id, last)
+            except TesseraError as exc:
+                abort(context, exc)
+            for ev in events:
+                last = ev.seq
+                msg = analyst_pb2.JobEvent(
+                    job_id=ev.job_id,
+                    state=serde.state_to_pb(ev.state),
+                    message=ev.message,
+                    round=ev.round,
+                    done=ev.done,
+                    expected=ev.expected,
+                )
+                msg.at.FromDatetime(ev.at)
+                if ev.stage:
+                    msg.stage = serde.stage_to_pb(Stage(ev.stage))
+                yield msg
+                if ev.state.terminal:
+                    return
+            if self.notifier.closed:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down")
+            self.notifier.wait(seen, timeout=1.0)
+
+    def GetResult(
+        self, request: analyst_pb2.GetResultRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.JobResult:
+        try:
+            self._analyst(context)
+            job = self.jobs.store.get_job(request.job_id)
+            vetoes = self.jobs.store.vetoes_for(job.job_id)
+        except TesseraError as exc:
+            abort(context, exc)
+        return analyst_pb2.JobResult(
+            job_id=job.job_id,
+            state=serde.state_to_pb(job.state),
+            analysis=job.spec.analysis,
+            result_json=job.result_json,
+            vetoes=[serde.veto_to_pb(v) for v in vetoes],
+            error=job.error,
+        )
+
+    def ListJobs(
+        self, request: analyst_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.ListJobsResponse:
+        try:
+            self._analyst(context)
+            jobs = self.jobs.store.list_jobs(limit=min(request.limit or 50, 1000))
+        except TesseraError as exc:
+            abort(context, exc)
+        return analyst_pb2.ListJobsResponse(jobs=[self._job_pb(j, with_vetoes=False) for j in jobs])
+
+    def ListNodes(
+        self, request: analyst_pb2.ListNodesRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.ListNodesResponse:
+        try:
+            self._analyst(context)
+            nodes = self.jobs.nodes()
+        except TesseraError as exc:
+            abort(context, exc)
+        return analyst_pb2.ListNodesResponse(nodes=[self._node_pb(n) for n in nodes])
+
+    def ListAudit(
+        self, request: analyst_pb2.ListAuditRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.ListAuditResponse:
+        try:
+            peer = self._analyst(context)
+            if peer.role not in ("admin", "auditor"):
+                raise AuthError("reading the audit log needs the admin or auditor role")
+            entries = self.jobs.store.list_audit(limit=min(request.limit or 100, 10000))
+        except TesseraError as exc:
+            abort(context, exc)
+        out = []
+        for a in entries:
+            entry = analyst_pb2.AuditEntry(
+                actor=a.actor, role=a.role, action=a.action, job_id=a.job_id, outcome=a.outcome
+            )
+            entry.at.FromDatetime(a.at)
+            out.append(entry)
+        return analyst_pb2.ListAuditResponse(entries=out)
+
+    def _job_pb(self, job: JobRecord, *, with_vetoes: bool = True) -> analyst_pb2.Job:
+        msg = analyst_pb2.Job(
+            job_id=job.job_id,
+            spec=serde.job_spec_to_pb(job.spec),
+            state=serde.state_to_pb(job.state),
+            submitted_by=job.submitted_by,
+            status_detail=job.status_detail,
+            round=job.round,
+            participants=list(job.participants),
+        )
+        msg.created_at.FromDatetime(job.created_at)
+        msg.updated_at.FromDatetime(job.updated_at)
+        if with_vetoes:
+            msg.vetoes.extend(serde.veto_to_pb(v) for v in self.jobs.store.vetoes_for(job.job_id))
+        return msg
+
+    def _node_pb(self, node: NodeRecord) -> analyst_pb2.NodeInfo:
+        msg = analyst_pb2.NodeInfo(
+            node_id=node.node_id,
+            node_version=node.node_version,
+            policy=serde.policy_summary_to_pb(node.policy),
+            online=self.jobs.clock() - node.last_seen <= self.online_after,
+            datasets=[serde.dataset_to_pb(d) for d in node.datasets],
+        )
+        msg.last_seen.FromDatetime(node.last_seen)
+        msg.enrolled_at.FromDatetime(node.enrolled_at)
+        return msg

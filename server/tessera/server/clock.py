@@ -1,0 +1,12 @@
+"""Injected time, so tests can move it and servers never read the wall clock directly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,82 @@
+"""What the store hands out: frozen records, never ORM rows."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from tessera.core.types import DatasetSchema, JobSpec, JobState, PolicySummary, Stage
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"  # not yet sent on any stream
+    DELIVERED = "delivered"  # sent; re-sent after the node reconnects until answered
+    ANSWERED = "answered"
+    VETOED = "vetoed"
+    EXPIRED = "expired"  # the job ended before the node answered
+
+    @property
+    def open(self) -> bool:
+        return self in (TaskState.PENDING, TaskState.DELIVERED)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    node_id: str
+    node_version: str
+    enrolled_at: datetime
+    last_seen: datetime
+    policy: PolicySummary
+    datasets: tuple[DatasetSchema, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    spec: JobSpec
+    state: JobState
+    submitted_by: str
+    created_at: datetime
+    updated_at: datetime
+    status_detail: str
+    round: int
+    participants: tuple[str, ...]
+    result_json: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    task_id: str
+    job_id: str
+    node_id: str
+    round: int
+    stage: Stage
+    state: TaskState
+    stage_input: bytes
+    deadline: datetime | None
+    answer: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    seq: int
+    job_id: str
+    at: datetime
+    state: JobState
+    message: str
+    round: int = 0
+    stage: str = ""
+    done: int = 0
+    expected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    job_id: str
+    outcome: str

@@ -1,0 +1,438 @@
+"""SQLAlchemy implementation of the coordinator store (SQLite file by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tessera.core import serde
+from tessera.core.errors import Conflict, NotFound, StoreError, Unavailable
+from tessera.core.types import DatasetSchema, JobSpec, JobState, PolicySummary, Stage, Veto
+from tessera.server.store.migrate import upgrade
+from tessera.server.store.models import AuditRow, EventRow, JobRow, NodeRow, TaskRow
+from tessera.server.store.records import (
+    AuditRecord,
+    EventRecord,
+    JobRecord,
+    NodeRecord,
+    TaskRecord,
+    TaskState,
+)
+from tessera.v1 import common_pb2, node_pb2
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite drops the zone; everything is stored in UTC, so put it back.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets watchers read while the job engine writes; foreign keys are off by default in SQLite.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise StoreError(f"cannot use the database URL: {type(exc).__name__}") from None
+    return engine
+
+
+def open_store(url: str) -> SqlStore:
+    """Open (and migrate to the newest schema) the store at ``url``."""
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    except OperationalError:
+        raise Unavailable("the coordinator database cannot be reached or opened") from None
+    return SqlStore(engine)
+
+
+class SqlStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError:
+            raise Unavailable("the coordinator database is unavailable") from None
+        except SQLAlchemyError as exc:
+            # The driver's text may quote SQL parameters: keep only the error's type.
+            raise StoreError(f"the coordinator store failed ({type(exc).__name__})") from None
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def upsert_node(
+        self,
+        node_id: str,
+        *,
+        node_version: str,
+        policy: PolicySummary,
+        datasets: Sequence[DatasetSchema],
+        now: datetime,
+    ) -> NodeRecord:
+        policy_pb = serde.policy_summary_to_pb(policy).SerializeToString(deterministic=True)
+        datasets_pb = node_pb2.InventoryReport(
+            datasets=[serde.dataset_to_pb(d) for d in datasets]
+        ).SerializeToString(deterministic=True)
+        with self._tx() as s:
+            row = s.get(NodeRow, node_id)
+            if row is None:
+                row = NodeRow(node_id=node_id, enrolled_at=now)
+                s.add(row)
+            row.node_version = node_version
+            row.last_seen = now
+            row.policy_hash = policy.policy_hash
+            row.policy_pb = policy_pb
+            row.datasets_pb = datasets_pb
+            s.flush()
+            return self._node(row)
+
+    def touch_node(self, node_id: str, *, now: datetime) -> bool:
+        """Record a heartbeat; False when the node never enrolled (it must enrol again)."""
+        with self._tx() as s:
+            result = s.execute(update(NodeRow).where(NodeRow.node_id == node_id).values(last_seen=now))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def get_node(self, node_id: str) -> NodeRecord:
+        with self._tx() as s:
+            row = s.get(NodeRow, node_id)
+            if row is None:
+                raise NotFound(f"no node named {node_id!r} has enrolled")
+            return self._node(row)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        with self._tx() as s:
+            return [self._node(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.node_id))]
+
+    @staticmethod
+    def _node(row: NodeRow) -> NodeRecord:
+        policy = common_pb2.PolicySummary.FromString(row.policy_pb)
+        datasets = node_pb2.InventoryReport.FromString(row.datasets_pb).datasets
+        return NodeRecord(
+            node_id=row.node_id,
+            node_version=row.node_version,
+            enrolled_at=_utc(row.enrolled_at),
+            last_seen=_utc(row.last_seen),
+            policy=serde.policy_summary_from_pb(policy),
+            datasets=tuple(serde.dataset_from_pb(d) for d in datasets),
+        )
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, *, submitted_by: str, now: datetime) -> JobRecord:
+        row = JobRow(
+            job_id=uuid.uuid4().hex[:12],
+            spec_pb=serde.job_spec_to_pb(spec).SerializeToString(deterministic=True),
+            analysis=spec.analysis,
+            state=JobState.PENDING.value,
+            submitted_by=submitted_by,
+            created_at=now,
+            updated_at=now,
+            status_detail="queued",
+            round=0,
+            participants="",
+            result_json="",
+            error="",
+        )
+        with self._tx() as s:
+            s.add(row)
+            s.flush()  # the event row refers to the job: insert the job first
+            s.add(EventRow(job_id=row.job_id, at=now, state=row.state, message="job submitted"))
+            s.flush()
+            return self._job(row)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._tx() as s:
+            return self._job(self._job_row(s, job_id))
+
+    def list_jobs(self, *, limit: int = 100, states: Iterable[JobState] | None = None) -> list[JobRecord]:
+        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        if states is not None:
+            query = query.where(JobRow.state.in_([st.value for st in states]))
+        with self._tx() as s:
+            return [self._job(r) for r in s.scalars(query)]
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        now: datetime,
+        state: JobState | None = None,
+        status_detail: str | None = None,
+        round: int | None = None,
+        participants: Sequence[str] | None = None,
+        result_json: str | None = None,
+        error: str | None = None,
+        event: str | None = None,
+        stage: Stage | None = None,
+        done: int = 0,
+        expected: int = 0,
+    ) -> JobRecord:
+        """Change a job and append a progress event in one transaction. Ended jobs stay ended."""
+        with self._tx() as s:
+            row = self._job_row(s, job_id, lock=True)
+            if JobState(row.state).terminal:
+                raise Conflict(f"job {job_id} has already ended ({row.state})")
+            if state is not None:
+                row.state = state.value
+            if status_detail is not None:
+                row.status_detail = status_detail
+            if round is not None:
+                row.round = round
+            if participants is not None:
+                row.participants = ",".join(participants)
+            if result_json is not None:
+                row.result_json = result_json
+            if error is not None:
+                row.error = error
+            row.updated_at = now
+            if state is not None and JobState(row.state).terminal:
+                # Open tasks of an ended job must never be delivered again.
+                s.execute(
+                    update(TaskRow)
+                    .where(TaskRow.job_id == job_id)
+                    .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+                    .values(state=TaskState.EXPIRED.value)
+                )
+            if event is not None:
+                s.add(
+                    EventRow(
+                        job_id=job_id,
+                        at=now,
+                        state=row.state,
+                        message=event,
+                        round=row.round,
+                        stage=stage.value if stage else "",
+                        done=done,
+                        expected=expected,
+                    )
+                )
+            s.flush()
+            return self._job(row)
+
+    @staticmethod
+    def _job_row(s: Session, job_id: str, *, lock: bool = False) -> JobRow:
+        query = select(JobRow).where(JobRow.job_id == job_id)
+        if lock:
+            query = query.with_for_update()
+        row = s.scalars(query).first()
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return row
+
+    @staticmethod
+    def _job(row: JobRow) -> JobRecord:
+        return JobRecord(
+            job_id=row.job_id,
+            spec=serde.job_spec_from_pb(common_pb2.JobSpec.FromString(row.spec_pb)),
+            state=JobState(row.state),
+            submitted_by=row.submitted_by,
+            created_at=_utc(row.created_at),
+            updated_at=_utc(row.updated_at),
+            status_detail=row.status_detail,
+            round=row.round,
+            participants=tuple(p for p in row.participants.split(",") if p),
+            result_json=row.result_json,
+            error=row.error,
+        )
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def add_tasks(
+        self,
+        job_id: str,
+        *,
+        round: int,
+        stage: Stage,
+        node_ids: Sequence[str],
+        now: datetime,
+        deadline: datetime | None,
+        stage_input: bytes = b"",
+    ) -> list[TaskRecord]:
+        rows = [
+            TaskRow(
+                task_id=f"{job_id}-r{round}-{stage.value}-{node_id}",
+                job_id=job_id,
+                node_id=node_id,
+                round=round,
+                stage=stage.value,
+                state=TaskState.PENDING.value,
+                stage_input=stage_input,
+                deadline=deadline,
+                created_at=now,
+            )
+            for node_id in node_ids
+        ]
+        with self._tx() as s:
+            s.add_all(rows)
+            s.flush()
+            return [self._task(r) for r in rows]
+
+    def open_tasks(self, node_id: str) -> list[TaskRecord]:
+        """Tasks this node has not answered yet, oldest first (re-sent after every reconnect)."""
+        query = (
+            select(TaskRow)
+            .where(TaskRow.node_id == node_id)
+            .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+            .order_by(TaskRow.created_at, TaskRow.task_id)
+        )
+        with self._tx() as s:
+            return [self._task(r) for r in s.scalars(query)]
+
+    def mark_delivered(self, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        with self._tx() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.task_id.in_(task_ids))
+                .where(TaskRow.state == TaskState.PENDING.value)
+                .values(state=TaskState.DELIVERED.value)
+            )
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        with self._tx() as s:
+            row = s.get(TaskRow, task_id)
+            if row is None:
+                raise NotFound("no such task")
+            return self._task(row)
+
+    def answer_task(self, task_id: str, *, answer: bytes | None, veto: Veto | None = None) -> bool:
+        """Store a node's answer or veto once; False when the task was already closed (a replay).
+
+        One conditional UPDATE, so concurrent answers close a task exactly once on every backend
+        (SQLite ignores SELECT ... FOR UPDATE).
+        """
+        if veto is not None:
+            values: dict[str, object] = {
+                "state": TaskState.VETOED.value,
+                "veto_code": veto.code,
+                "veto_reason": veto.reason,
+                "veto_policy_hash": veto.policy_hash,
+            }
+        else:
+            values = {"state": TaskState.ANSWERED.value, "answer_pb": answer}
+        with self._tx() as s:
+            result = s.execute(
+                update(TaskRow)
+                .where(TaskRow.task_id == task_id)
+                .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+                .values(**values)
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                return True
+            if s.get(TaskRow, task_id) is None:
+                raise NotFound("no such task")
+            return False
+
+    def extend_open_tasks(self, job_id: str, *, deadline: datetime) -> None:
+        with self._tx() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.job_id == job_id)
+                .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+                .values(deadline=deadline)
+            )
+
+    def tasks_for(self, job_id: str, *, round: int | None = None) -> list[TaskRecord]:
+        query = select(TaskRow).where(TaskRow.job_id == job_id).order_by(TaskRow.node_id)
+        if round is not None:
+            query = query.where(TaskRow.round == round)
+        with self._tx() as s:
+            return [self._task(r) for r in s.scalars(query)]
+
+    def vetoes_for(self, job_id: str) -> list[Veto]:
+        query = (
+            select(TaskRow)
+            .where(TaskRow.job_id == job_id)
+            .where(TaskRow.state == TaskState.VETOED.value)
+            .order_by(TaskRow.node_id)
+        )
+        with self._tx() as s:
+            return [
+                Veto(
+                    node_id=r.node_id, code=r.veto_code, reason=r.veto_reason, policy_hash=r.veto_policy_hash
+                )
+                for r in s.scalars(query)
+            ]
+
+    @staticmethod
+    def _task(row: TaskRow) -> TaskRecord:
+        return TaskRecord(
+            task_id=row.task_id,
+            job_id=row.job_id,
+            node_id=row.node_id,
+            round=row.round,
+            stage=Stage(row.stage),
+            state=TaskState(row.state),
+            stage_input=row.stage_input or b"",
+            deadline=_utc(row.deadline) if row.deadline else None,
+            answer=row.answer_pb,
+        )
+
+    # -- events and audit ----------------------------------------------------------------------
+
+    def events_after(self, job_id: str, seq: int) -> list[EventRecord]:
+        query = (
+            select(EventRow).where(EventRow.job_id == job_id).where(EventRow.seq > seq).order_by(EventRow.seq)
+        )
+        with self._tx() as s:
+            return [
+                EventRecord(
+                    seq=r.seq,
+                    job_id=r.job_id,
+                    at=_utc(r.at),
+                    state=JobState(r.state),
+                    message=r.message,
+                    round=r.round,
+                    stage=r.stage,
+                    done=r.done,
+                    expected=r.expected,
+                )
+                for r in s.scalars(query)
+            ]
+
+    def audit(
+        self, *, actor: str, role: str, action: str, now: datetime, job_id: str = "", outcome: str = ""
+    ) -> None:
+        with self._tx() as s:
+            s.add(AuditRow(at=now, actor=actor, role=role, action=action, job_id=job_id, outcome=outcome))
+
+    def list_audit(self, *, limit: int = 100) -> list[AuditRecord]:
+        query = select(AuditRow).order_by(AuditRow.seq.desc()).limit(limit)
+        with self._tx() as s:
+            return [
+                AuditRecord(
+                    at=_utc(r.at),
+                    actor=r.actor,
+                    role=r.role,
+                    action=r.action,
+                    job_id=r.job_id,
+                    outcome=r.outcome,
+                )
+                for r in s.scalars(query)
+            ]

@@ -1,0 +1,143 @@
+"""The coordinator store on SQLite and PostgreSQL: one suite, both backends."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from tessera.core.errors import Conflict, NotFound
+from tessera.core.types import DatasetSchema, FieldSchema, JobSpec, JobState, PolicySummary, Stage, Tier, Veto
+from tessera.server.store import SqlStore, TaskState, open_store
+from tessera.server.store.models import Base
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+SUMMARY = PolicySummary(
+    policy_id="bank-v1",
+    policy_hash="ab" * 32,
+    allowed_analyses=("inventory",),
+    allowed_purposes=("research",),
+    min_participants=3,
+)
+SCHEMA = DatasetSchema("customers", (FieldSchema("email", "string", Tier.CORE_SENSITIVE),))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def test_migrations_match_the_models(store: SqlStore) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_reopening_a_migrated_store_keeps_its_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    first = open_store(url)
+    job = first.create_job(JobSpec(analysis="inventory"), submitted_by="alice", now=T0)
+    first.close()
+    second = open_store(url)
+    assert second.get_job(job.job_id).submitted_by == "alice"
+    second.close()
+
+
+def test_node_upsert_round_trips_policy_and_schema(store: SqlStore) -> None:
+    store.upsert_node("bank", node_version="0.1.0", policy=SUMMARY, datasets=[SCHEMA], now=T0)
+    later = T0 + timedelta(minutes=5)
+    store.upsert_node("bank", node_version="0.1.1", policy=SUMMARY, datasets=[SCHEMA], now=later)
+    node = store.get_node("bank")
+    assert node.policy == SUMMARY
+    assert node.datasets == (SCHEMA,)
+    assert node.enrolled_at == T0 and node.last_seen == later and node.node_version == "0.1.1"
+    assert store.touch_node("bank", now=later + timedelta(seconds=1))
+    assert not store.touch_node("nobody", now=later)
+    with pytest.raises(NotFound):
+        store.get_node("nobody")
+
+
+def test_job_lifecycle_and_events(store: SqlStore) -> None:
+    spec = JobSpec(
+        analysis="inventory",
+        dataset="customers",
+        purpose="research",
+        participants=("bank",),
+        params={"k": 3, "names": ("a", "b")},
+        deadline=T0 + timedelta(hours=1),
+    )
+    job = store.create_job(spec, submitted_by="alice", now=T0)
+    assert job.state is JobState.PENDING and job.spec == spec
+    store.update_job(
+        job.job_id, now=T0, state=JobState.RUNNING, participants=("bank",), round=1, event="started"
+    )
+    done = store.update_job(job.job_id, now=T0, state=JobState.SUCCEEDED, result_json="{}", event="done")
+    assert done.state is JobState.SUCCEEDED and done.participants == ("bank",)
+    with pytest.raises(Conflict):
+        store.update_job(job.job_id, now=T0, state=JobState.RUNNING)
+    events = store.events_after(job.job_id, 0)
+    assert [e.message for e in events] == ["job submitted", "started", "done"]
+    assert store.events_after(job.job_id, events[-1].seq) == []
+    with pytest.raises(NotFound):
+        store.get_job("missing")
+
+
+def test_tasks_answer_once_and_expire_with_their_job(store: SqlStore) -> None:
+    job = store.create_job(JobSpec(analysis="inventory"), submitted_by="alice", now=T0)
+    tasks = store.add_tasks(
+        job.job_id,
+        round=1,
+        stage=Stage.LOCAL_REPORT,
+        node_ids=["bank", "telco", "retailer"],
+        now=T0,
+        deadline=T0 + timedelta(minutes=1),
+    )
+    assert [t.state for t in store.open_tasks("bank")] == [TaskState.PENDING]
+    store.mark_delivered([tasks[0].task_id])
+    assert store.get_task(tasks[0].task_id).state is TaskState.DELIVERED
+    assert store.answer_task(tasks[0].task_id, answer=b"report")
+    assert not store.answer_task(tasks[0].task_id, answer=b"replay")  # a replay changes nothing
+    assert store.get_task(tasks[0].task_id).answer == b"report"
+    veto = Veto(node_id="telco", code="policy.purpose_not_allowed", reason="no", policy_hash="cd" * 32)
+    assert store.answer_task(tasks[1].task_id, answer=None, veto=veto)
+    assert store.vetoes_for(job.job_id) == [veto]
+    store.update_job(job.job_id, now=T0, state=JobState.FAILED, error="x")
+    assert store.get_task(tasks[2].task_id).state is TaskState.EXPIRED
+    assert store.open_tasks("retailer") == []
+
+
+def test_concurrent_answers_close_a_task_exactly_once(store: SqlStore) -> None:
+    job = store.create_job(JobSpec(analysis="inventory"), submitted_by="alice", now=T0)
+    (task,) = store.add_tasks(
+        job.job_id, round=1, stage=Stage.LOCAL_REPORT, node_ids=["bank"], now=T0, deadline=None
+    )
+    wins: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def answer(i: int) -> None:
+        barrier.wait()
+        wins.append(store.answer_task(task.task_id, answer=f"a{i}".encode()))
+
+    threads = [threading.Thread(target=answer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False, False, False, True]
+
+
+def test_audit_log_newest_first(store: SqlStore) -> None:
+    store.audit(actor="alice", role="analyst", action="job.submit", now=T0, outcome="accepted")
+    store.audit(actor="root", role="admin", action="job.cancel", now=T0 + timedelta(seconds=1))
+    assert [a.actor for a in store.list_audit(limit=10)] == ["root", "alice"]
