@@ -1,0 +1,188 @@
+"""The node process: dial out to the coordinator, enrol, heartbeat, take tasks, answer, reconnect.
+
+Partners open no inbound port: the node keeps one server stream of tasks open and reconnects with
+exponential backoff (with jitter) whenever it breaks — coordinator restarts included. Tasks are
+re-sent by the coordinator after a reconnect until answered; the node drops ones it already
+answered, so a task is never computed twice in one node lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from tessera.client.datasource import DataSource
+from tessera.client.runner import TaskRunner
+from tessera.core import __version__, serde
+from tessera.core.pki import TlsFiles, channel_credentials
+from tessera.core.policy import Policy
+from tessera.v1 import node_pb2, node_pb2_grpc
+
+log = logging.getLogger("tessera.node")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RPC_TIMEOUT_S = 30.0
+REMEMBERED_TASKS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str
+    coordinator: str
+    tls: TlsFiles
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+
+
+# Every message that leaves the node goes through this one callable: (task, kind, payload, send).
+# The egress ledger plugs in here so nothing can bypass it.
+SendGate = Callable[[node_pb2.Task, str, bytes, Callable[[], node_pb2.SubmitAck]], node_pb2.SubmitAck]
+
+
+def direct_send(
+    task: node_pb2.Task, kind: str, payload: bytes, send: Callable[[], node_pb2.SubmitAck]
+) -> node_pb2.SubmitAck:
+    return send()
+
+
+class NodeAgent:
+    def __init__(
+        self, config: NodeConfig, policy: Policy, data: DataSource, *, gate: SendGate = direct_send
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.data = data
+        self.runner = TaskRunner(config.node_id, policy, data)
+        self.gate = gate
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._call: grpc.Future | None = None
+        self._stop = threading.Event()
+        self._jitter = random.SystemRandom()
+        self.enrolled = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def run(self) -> None:
+        """Serve until ``stop``; survives coordinator restarts and network breaks."""
+        creds = channel_credentials(self.config.tls)
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        backoff = self.config.backoff_initial_s
+        while not self._stop.is_set():
+            try:
+                with grpc.secure_channel(self.config.coordinator, creds, options=options) as channel:
+                    stub = node_pb2_grpc.NodeServiceStub(channel)
+                    interval = self._enrol(stub)
+                    backoff = self.config.backoff_initial_s
+                    beat_stop = threading.Event()
+                    beat = threading.Thread(
+                        target=self._heartbeat,
+                        args=(stub, interval, beat_stop),
+                        name="heartbeat",
+                        daemon=True,
+                    )
+                    beat.start()
+                    try:
+                        self._serve_tasks(stub)
+                    finally:
+                        beat_stop.set()
+                        beat.join(timeout=2)
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                self._log_rpc_error(exc)
+            self.enrolled.clear()
+            if self._stop.is_set():
+                break
+            delay = backoff * self._jitter.uniform(0.5, 1.0)
+            log.info("reconnecting in %.1fs", delay)
+            self._stop.wait(delay)
+            backoff = min(backoff * 2, self.config.backoff_max_s)
+        log.info("node stopped node=%s", self.config.node_id)
+
+    def _enrol(self, stub: node_pb2_grpc.NodeServiceStub) -> float:
+        request = node_pb2.EnrolRequest(
+            node_version=__version__,
+            policy=serde.policy_summary_to_pb(self.policy.summary()),
+            datasets=[serde.dataset_to_pb(d) for d in self.data.schemas()],
+        )
+        response = stub.Enrol(request, timeout=RPC_TIMEOUT_S)
+        if response.node_id != self.config.node_id:
+            log.warning(
+                "coordinator knows this node as %s, configured as %s", response.node_id, self.config.node_id
+            )
+        log.info("enrolled node=%s coordinator_version=%s", response.node_id, response.coordinator_version)
+        self.enrolled.set()
+        return max(int(response.heartbeat_interval_ms), 200) / 1000.0
+
+    def _heartbeat(self, stub: node_pb2_grpc.NodeServiceStub, interval: float, stop: threading.Event) -> None:
+        request = node_pb2.HeartbeatRequest(node_version=__version__, policy_hash=self.policy.policy_hash)
+        while not stop.wait(interval) and not self._stop.is_set():
+            try:
+                if stub.Heartbeat(request, timeout=interval * 2).re_enrol:
+                    self._enrol(stub)
+            except grpc.RpcError:
+                # The task stream notices a dead coordinator too and drives the reconnect.
+                continue
+
+    def _serve_tasks(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
+        call = stub.ReceiveTasks(node_pb2.ReceiveTasksRequest())
+        self._call = call
+        try:
+            if self._stop.is_set():
+                call.cancel()
+            for task in call:
+                if task.task_id in self._answered:
+                    continue
+                self._answer(stub, task)
+        finally:
+            self._call = None
+        log.info("task stream ended by the coordinator")
+
+    def _answer(self, stub: node_pb2_grpc.NodeServiceStub, task: node_pb2.Task) -> None:
+        outcome = self.runner.handle(task)
+        if outcome.message is not None:
+            message = outcome.message
+            payload = message.SerializeToString()
+            self.gate(
+                task,
+                "round_message",
+                payload,
+                lambda: stub.SubmitRoundMessage(message, timeout=RPC_TIMEOUT_S),
+            )
+        elif outcome.veto is not None:
+            veto = outcome.veto
+            self.gate(
+                task, "veto", veto.SerializeToString(), lambda: stub.ReportVeto(veto, timeout=RPC_TIMEOUT_S)
+            )
+        self._answered[task.task_id] = None
+        while len(self._answered) > REMEMBERED_TASKS:
+            self._answered.popitem(last=False)
+
+    def _log_rpc_error(self, exc: grpc.RpcError) -> None:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            log.warning(
+                "coordinator unreachable at %s (is it running, and do both sides trust the same CA?)",
+                self.config.coordinator,
+            )
+        elif code == grpc.StatusCode.CANCELLED:
+            log.info("task stream cancelled")
+        else:
+            name = code.name if code is not None else "UNKNOWN"
+            details = exc.details() if isinstance(exc, grpc.Call) else ""
+            log.warning("coordinator refused the node: %s %s", name, details)
