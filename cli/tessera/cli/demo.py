@@ -1,0 +1,313 @@
+"""`tessera demo`: a whole federation on this machine — dev PKI, a coordinator and N nodes as
+separate processes on loopback with mTLS, each node with its own policy and synthetic data — runs
+every job type that exists, prints a summary, writes DIR/results.json and stops everything."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from tessera.cli._common import console, friendly_errors
+from tessera.cli.analyst_client import AnalystClient
+from tessera.cli.demo_data import write_customers
+from tessera.cli.job_cmd import render_result
+from tessera.core.errors import ConfigError, TesseraError, Unavailable
+from tessera.core.pki import init_ca, issue
+from tessera.core.policy import load_policy
+from tessera.core.types import JobSpec, JobState
+
+BASE_PARTNERS = ("bank", "telco", "retailer")
+MARKER = ".tessera-demo"
+ANALYST = "demo-analyst"
+
+
+def partner_names(count: int) -> list[str]:
+    """bank, telco, retailer, bank-2, telco-2, …"""
+    names = []
+    for i in range(count):
+        base = BASE_PARTNERS[i % len(BASE_PARTNERS)]
+        names.append(base if i < len(BASE_PARTNERS) else f"{base}-{i // len(BASE_PARTNERS) + 1}")
+    return names
+
+
+def policies_dir() -> Path:
+    """The example policies shipped in the repository's policies/ folder."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "policies"
+        if (candidate / "bank.yaml").is_file():
+            return candidate
+    raise ConfigError("cannot find the example policies (policies/bank.yaml); run the demo from a checkout")
+
+
+@dataclass
+class _Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ConfigError(f"{out} is not empty and was not made by `tessera demo`; choose another --out")
+    if (out / MARKER).exists():
+        import shutil
+
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by tessera demo; the next run may empty this folder\n")
+
+
+def _child_preexec() -> None:
+    # Linux: children get SIGTERM if the demo itself dies, so no orphans survive a crash.
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _spawn(name: str, args: Sequence[str], log: Path) -> _Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tessera.cli.main", *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_child_preexec,  # noqa: PLW1509 - set before any thread of ours runs a child
+        )
+    return _Proc(name, process, log)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_port(proc: _Proc, port_file: Path, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            raise Unavailable(f"the coordinator exited at start; its log says:\n{_tail(proc.log)}")
+        if port_file.exists():
+            return int(port_file.read_text().strip())
+        time.sleep(0.05)
+    raise Unavailable(f"the coordinator did not start within {timeout:.0f}s")
+
+
+def _wait_enrolled(
+    client: AnalystClient, names: Sequence[str], procs: Sequence[_Proc], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.process.poll() is not None:
+                raise Unavailable(f"{proc.name} exited early; its log says:\n{_tail(proc.log)}")
+        with contextlib.suppress(Unavailable):
+            enrolled = {n.node_id for n in client.nodes() if n.online}
+            if set(names) <= enrolled:
+                return
+        time.sleep(0.1)
+    raise Unavailable(f"not every node enrolled within {timeout:.0f}s; see the logs under the output folder")
+
+
+def _stop_all(procs: Sequence[_Proc], grace: float = 10.0) -> list[str]:
+    """SIGTERM everything (nodes first), wait, then SIGKILL stragglers; return any that needed it."""
+    for proc in procs:
+        if proc.process.poll() is None:
+            proc.process.send_signal(signal.SIGTERM)
+    killed = []
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.process.kill()
+            proc.process.wait()
+            killed.append(proc.name)
+    return killed
+
+
+def _run_job(client: AnalystClient, spec: JobSpec, timeout: float) -> dict[str, Any]:
+    job_id = client.submit(spec)
+    console.print(f"  submitted [bold]{spec.analysis}[/] as job {job_id}")
+    for event in client.watch(job_id, timeout_s=timeout):
+        console.print(f"    {event.message}")
+    return client.result_document(job_id)
+
+
+def _job_specs(names: Sequence[str]) -> list[JobSpec]:
+    deadline = datetime.now(UTC) + timedelta(minutes=5)
+    # Every job type that exists so far; later analyses add their specs here.
+    return [JobSpec(analysis="inventory", dataset="customers", purpose="research", deadline=deadline)]
+
+
+@friendly_errors
+def demo(
+    nodes: Annotated[int, typer.Option("--nodes", help="How many partner nodes to start (3 or more).")] = 3,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for PKI, data, databases, logs, results.")
+    ] = Path("demo-out"),
+    rows: Annotated[int, typer.Option(help="Synthetic customers per partner.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 7,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed for start-up and for each job.")] = 60.0,
+) -> None:
+    """Run a whole federation on this machine and write OUT/results.json."""
+    if nodes < 3:
+        raise ConfigError(
+            "--nodes must be at least 3: with fewer, an aggregate would reveal a partner's data"
+        )
+    if rows < 1:
+        raise ConfigError("--rows must be at least 1")
+    started = time.monotonic()
+    out = out.resolve()
+    _prepare_out(out)
+    names = partner_names(nodes)
+    pki = out / "pki"
+    console.print(f"[bold]Tessera demo[/]: coordinator + {nodes} nodes in {out}")
+
+    init_ca(pki, consortium="tessera-demo")
+    issue(pki, kind="coordinator", name="coordinator")
+    for name in names:
+        issue(pki, kind="node", name=name)
+    issue(pki, kind="analyst", name=ANALYST, role="analyst")
+    issue(pki, kind="analyst", name="demo-auditor", role="auditor")
+    console.print(f"  dev PKI: consortium CA, coordinator, {nodes} node and 2 analyst certificates")
+
+    templates = policies_dir()
+    for index, name in enumerate(names):
+        base = BASE_PARTNERS[index % len(BASE_PARTNERS)]
+        doc = yaml.safe_load((templates / f"{base}.yaml").read_text())
+        doc["partner"] = name
+        doc["policy_id"] = f"{name}-v1"
+        doc["allowed_partners"] = [n for n in names if n != name]
+        node_dir = out / "nodes" / name
+        node_dir.mkdir(parents=True)
+        (node_dir / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        policy = load_policy(node_dir / "policy.yaml")
+        write_customers(policy, "customers", node_dir / "raw" / "customers.csv", rows=rows, seed=seed + index)
+    console.print(f"  policies and synthetic data ({rows} customers each) written")
+
+    procs: list[_Proc] = []
+    results: list[dict[str, Any]] = []
+    failed = False
+    try:
+        port_file = out / "coordinator" / "port"
+        coordinator = _spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "serve",
+                "--pki",
+                str(pki),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--db",
+                f"sqlite:///{out / 'coordinator' / 'coordinator.db'}",
+                "--heartbeat-ms",
+                "500",
+                "--stage-timeout",
+                str(timeout),
+                "--log-file",
+                str(out / "logs" / "coordinator.log"),
+            ],
+            out / "logs" / "coordinator.out",
+        )
+        procs.append(coordinator)
+        port_file.parent.mkdir(parents=True, exist_ok=True)
+        port = _wait_port(coordinator, port_file, timeout)
+        address = f"127.0.0.1:{port}"
+        console.print(f"  coordinator listening on {address} (mTLS)")
+        for name in names:
+            node_dir = out / "nodes" / name
+            procs.append(
+                _spawn(
+                    name,
+                    [
+                        "node",
+                        "serve",
+                        "--pki",
+                        str(pki),
+                        "--name",
+                        name,
+                        "--coordinator",
+                        address,
+                        "--policy",
+                        str(node_dir / "policy.yaml"),
+                        "--data",
+                        f"customers={node_dir / 'raw' / 'customers.csv'}",
+                        "--log-file",
+                        str(out / "logs" / f"node-{name}.log"),
+                    ],
+                    out / "logs" / f"node-{name}.out",
+                )
+            )
+        with AnalystClient.from_pki(address, pki, ANALYST) as client:
+            _wait_enrolled(client, names, procs, timeout)
+            console.print(f"  {nodes} nodes enrolled: {', '.join(names)}")
+            for spec in _job_specs(names):
+                try:
+                    doc = _run_job(client, spec, timeout)
+                except TesseraError as exc:
+                    doc = {
+                        "analysis": spec.analysis,
+                        "status": JobState.FAILED.value,
+                        "result": None,
+                        "vetoes": [],
+                        "error": exc.message,
+                        "job_id": "",
+                    }
+                results.append(doc)
+                failed |= doc["status"] != JobState.SUCCEEDED.value
+            node_list = [
+                {
+                    "node_id": n.node_id,
+                    "online": n.online,
+                    "policy_id": n.policy.policy_id,
+                    "policy_hash": n.policy.policy_hash,
+                }
+                for n in client.nodes()
+            ]
+    finally:
+        killed = _stop_all(list(reversed(procs)))
+    if killed:
+        console.print(f"[yellow]had to kill: {', '.join(killed)}[/]")
+        failed = True
+
+    summary = {
+        "nodes": node_list,
+        "jobs": results,
+        "seconds": round(time.monotonic() - started, 2),
+        "ok": not failed,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    console.print()
+    for doc in results:
+        render_result(doc)
+    verdict = "[bold green]all jobs succeeded[/]" if not failed else "[bold red]some jobs failed[/]"
+    console.print(f"{verdict} in {summary['seconds']}s; results in {out / 'results.json'}")
+    if failed:
+        raise typer.Exit(1)

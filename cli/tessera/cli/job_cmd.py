@@ -1,0 +1,245 @@
+"""Analyst commands: `tessera job submit|watch|result|list|cancel`, `tessera nodes`, `tessera audit`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from tessera.cli._common import console, friendly_errors
+from tessera.cli.analyst_client import AnalystClient
+from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User
+from tessera.core import serde
+from tessera.core.errors import ConfigError, InvalidRequest
+from tessera.core.types import JobSpec, JobState, ParamValue
+
+app = typer.Typer(help="Submit and follow jobs (analysts).", no_args_is_help=True)
+
+
+def _client(coordinator: str, pki: PkiDir, user: str) -> AnalystClient:
+    return AnalystClient.from_pki(coordinator, pki, user)
+
+
+def _param(text: str) -> tuple[str, ParamValue]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"--param expects NAME=VALUE, got {text!r}")
+    value: ParamValue
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = tuple(raw.split(",")) if "," in raw else raw
+    return name, value
+
+
+@app.command()
+@friendly_errors
+def submit(
+    pki: PkiDir,
+    analysis: Annotated[str, typer.Option(help="Analysis name, e.g. inventory.")],
+    dataset: Annotated[str, typer.Option(help="Node-side dataset name.")] = "",
+    purpose: Annotated[
+        str, typer.Option(help="Purpose; every participant's policy must allow it.")
+    ] = "research",
+    epsilon: Annotated[float, typer.Option(help="Privacy budget asked for (0 for non-DP jobs).")] = 0.0,
+    delta: Annotated[float, typer.Option(help="δ asked for.")] = 0.0,
+    participants: Annotated[str, typer.Option(help="Comma-separated node ids; empty = every node.")] = "",
+    param: Annotated[
+        list[str] | None, typer.Option(help="Analysis parameter NAME=VALUE; repeatable.")
+    ] = None,
+    deadline: Annotated[float, typer.Option(help="Seconds until the job must be done.")] = 600.0,
+    watch: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    user: User = "analyst",
+) -> None:
+    """Submit a job and print its id."""
+    if deadline <= 0:
+        raise InvalidRequest("--deadline must be a positive number of seconds")
+    spec = JobSpec(
+        analysis=analysis,
+        dataset=dataset,
+        purpose=purpose,
+        epsilon=epsilon,
+        delta=delta,
+        participants=tuple(p.strip() for p in participants.split(",") if p.strip()),
+        params=dict(_param(p) for p in param or ()),
+        deadline=datetime.now(UTC) + timedelta(seconds=deadline),
+    )
+    with _client(coordinator, pki, user) as client:
+        job_id = client.submit(spec)
+        console.print(f"submitted job [bold]{job_id}[/] ({analysis})")
+        if watch:
+            _watch(client, job_id)
+
+
+def _watch(client: AnalystClient, job_id: str) -> JobState:
+    state = JobState.PENDING
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task(f"job {job_id}", total=None)
+        for event in client.watch(job_id):
+            state = serde.state_from_pb(event.state)
+            if event.expected:
+                progress.update(bar, total=event.expected, completed=event.done)
+            progress.console.print(
+                f"  [dim]{event.at.ToDatetime():%H:%M:%S}[/] {state.value:<9} {event.message}"
+            )
+            if state.terminal:
+                if state is JobState.SUCCEEDED and event.expected:
+                    progress.update(bar, completed=event.expected)
+                break
+    colour = "green" if state is JobState.SUCCEEDED else "red"
+    console.print(f"job {job_id} [bold {colour}]{state.value}[/]")
+    return state
+
+
+@app.command()
+@friendly_errors
+def watch(
+    job_id: str, pki: PkiDir, coordinator: Coordinator = DEFAULT_COORDINATOR, user: User = "analyst"
+) -> None:
+    """Follow a job's progress live until it ends; exit 1 unless it succeeded."""
+    with _client(coordinator, pki, user) as client:
+        state = _watch(client, job_id)
+    if state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def result(
+    job_id: str,
+    pki: PkiDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result document as JSON.")] = False,
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    user: User = "analyst",
+) -> None:
+    """Print a job's result (or why it failed)."""
+    with _client(coordinator, pki, user) as client:
+        doc = client.result_document(job_id)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        render_result(doc)
+    if doc["status"] == JobState.FAILED.value:
+        raise typer.Exit(1)
+
+
+def render_result(doc: dict[str, Any]) -> None:
+    console.print(f"job {doc['job_id']} ({doc['analysis']}): [bold]{doc['status']}[/]")
+    if doc["error"]:
+        console.print(f"  reason: {doc['error']}")
+    for veto in doc["vetoes"]:
+        console.print(f"  veto from [bold]{veto['node_id']}[/] ({veto['code']}): {veto['reason']}")
+    result_doc = doc.get("result") or {}
+    if doc["analysis"] == "inventory" and result_doc:
+        tiers = (("core_sensitive", "T1"), ("general_sensitive", "T2"), ("non_sensitive", "T3"))
+        for node_id, node in result_doc["nodes"].items():
+            policy = node["policy"]
+            console.print(
+                f"  [bold]{node_id}[/] policy {policy['policy_id']} ({policy['policy_hash'][:12]}), "
+                f"ε/job {policy['epsilon_per_job']:g}, min cohort {policy['min_cohort_size']}, "
+                f"analyses: {', '.join(policy['allowed_analyses'])}"
+            )
+            for dataset in node["datasets"]:
+                groups = [
+                    f"{label} " + ", ".join(f["name"] for f in dataset["fields"] if f["tier"] == tier)
+                    for tier, label in tiers
+                    if any(f["tier"] == tier for f in dataset["fields"])
+                ]
+                console.print(f"    {dataset['name']}: " + " | ".join(groups), highlight=False)
+    elif result_doc:
+        console.print_json(json.dumps(result_doc))
+
+
+@app.command("list")
+@friendly_errors
+def list_jobs(
+    pki: PkiDir,
+    limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20,
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    user: User = "analyst",
+) -> None:
+    """List recent jobs."""
+    with _client(coordinator, pki, user) as client:
+        jobs = client.jobs(limit)
+    table = Table(title="jobs")
+    for column in ("id", "analysis", "state", "by", "created", "detail"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            job.job_id,
+            job.spec.analysis,
+            serde.state_from_pb(job.state).value,
+            job.submitted_by,
+            f"{job.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}",
+            job.status_detail,
+        )
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def cancel(
+    job_id: str, pki: PkiDir, coordinator: Coordinator = DEFAULT_COORDINATOR, user: User = "analyst"
+) -> None:
+    """Cancel a job that has not ended."""
+    with _client(coordinator, pki, user) as client:
+        job = client.cancel(job_id)
+    console.print(f"job {job.job_id} {serde.state_from_pb(job.state).value}")
+
+
+@friendly_errors
+def nodes(pki: PkiDir, coordinator: Coordinator = DEFAULT_COORDINATOR, user: User = "analyst") -> None:
+    """List enrolled nodes: online, last seen, version, policy."""
+    with _client(coordinator, pki, user) as client:
+        found = client.nodes()
+    table = Table(title="nodes")
+    for column in ("node", "online", "last seen (UTC)", "version", "policy", "hash", "datasets"):
+        table.add_column(column)
+    for node in found:
+        table.add_row(
+            node.node_id,
+            "yes" if node.online else "no",
+            f"{node.last_seen.ToDatetime():%Y-%m-%d %H:%M:%S}",
+            node.node_version,
+            node.policy.policy_id,
+            node.policy.policy_hash[:12],
+            ", ".join(d.name for d in node.datasets),
+        )
+    console.print(table)
+
+
+@friendly_errors
+def audit(
+    pki: PkiDir,
+    limit: Annotated[int, typer.Option(help="How many recent entries.")] = 50,
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    user: User = "analyst",
+) -> None:
+    """Show the coordinator's audit log (admin or auditor role)."""
+    with _client(coordinator, pki, user) as client:
+        entries = client.audit(limit)
+    table = Table(title="audit log")
+    for column in ("at (UTC)", "actor", "role", "action", "job", "outcome"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(
+            f"{e.at.ToDatetime():%Y-%m-%d %H:%M:%S}", e.actor, e.role, e.action, e.job_id, e.outcome
+        )
+    console.print(table)

@@ -1,0 +1,104 @@
+"""SIGKILL the coordinator in the middle of a job, restart it: the job resumes, it is not lost."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from processes import stop, tessera, wait_file
+
+from tessera.cli.analyst_client import AnalystClient
+from tessera.cli.demo_data import write_customers
+from tessera.core.errors import Unavailable
+from tessera.core.policy import load_policy
+from tessera.core.types import JobSpec, JobState
+
+pytestmark = pytest.mark.slow
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def _wait(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except Unavailable:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'coordinator.db'}"
+    port_file = tmp_path / "port"
+
+    def coordinator(listen: str) -> object:
+        port_file.unlink(missing_ok=True)
+        return tessera(
+            "coordinator",
+            "serve",
+            "--pki",
+            str(pki_dir),
+            "--listen",
+            listen,
+            "--db",
+            db,
+            "--port-file",
+            str(port_file),
+            "--heartbeat-ms",
+            "300",
+            log=tmp_path / "coordinator.log",
+        )
+
+    def node(name: str, address: str) -> object:
+        csv = tmp_path / name / "customers.csv"
+        if not csv.exists():
+            write_customers(load_policy(POLICIES / f"{name}.yaml"), "customers", csv, rows=10, seed=1)
+        return tessera(
+            "node",
+            "serve",
+            "--pki",
+            str(pki_dir),
+            "--name",
+            name,
+            "--coordinator",
+            address,
+            "--policy",
+            str(POLICIES / f"{name}.yaml"),
+            "--data",
+            f"customers={csv}",
+            log=tmp_path / f"{name}.log",
+        )
+
+    first = coordinator("127.0.0.1:0")
+    procs = [first]
+    try:
+        address = f"127.0.0.1:{wait_file(port_file, first)}"
+        nodes = {name: node(name, address) for name in ("bank", "telco", "retailer")}
+        procs += list(nodes.values())
+        with AnalystClient.from_pki(address, pki_dir, "analyst") as client:
+            _wait(lambda: {n.node_id for n in client.nodes() if n.online} >= {"bank", "telco", "retailer"})
+            stop(nodes.pop("retailer"))  # enrolled, but away: the job will wait for it
+            job_id = client.submit(JobSpec(analysis="inventory", purpose="research"))
+            _wait(lambda: client.job(job_id).status_detail.startswith("waiting for 1 "))
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = coordinator(address)
+        procs.append(second)
+        wait_file(port_file, second)
+        procs.append(node("retailer", address))
+        with AnalystClient.from_pki(address, pki_dir, "analyst") as client:
+            _wait(lambda: client.job(job_id).state != 2)  # 2 = running
+            doc = client.result_document(job_id)
+            assert doc["status"] == JobState.SUCCEEDED.value, doc
+            assert sorted(doc["result"]["nodes"]) == ["bank", "retailer", "telco"]
+            messages = [e.message for e in client.watch(job_id, timeout_s=10)]
+        assert "coordinator restarted; job resumes" in messages
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                stop(proc)
