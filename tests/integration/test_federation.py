@@ -220,3 +220,43 @@ def test_past_deadline_is_refused(fed: Federation) -> None:
             )
         )
     assert JobState.SUCCEEDED.terminal
+
+
+HEALTH_PROBE = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+ca, cert, key, target = sys.argv[1:5]
+creds = grpc.ssl_channel_credentials(open(ca, "rb").read(), open(key, "rb").read(), open(cert, "rb").read())
+with grpc.secure_channel(target, creds) as channel:
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        print("REFUSED", exc.code().name)
+        sys.exit(3)
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+"""
+
+
+def test_standard_health_check_from_another_process(fed: Federation, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tessera.core import pki
+
+    def probe(ca: Path, cert: Path, key: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", HEALTH_PROBE, str(ca), str(cert), str(key), fed.address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ours = probe(
+        fed.pki_dir / "ca.pem", fed.pki_dir / "nodes" / "bank.pem", fed.pki_dir / "nodes" / "bank.key"
+    )
+    assert ours.returncode == 0 and ours.stdout.strip() == "SERVING", ours.stderr
+    pki.init_ca(tmp_path / "foreign")
+    pki.issue(tmp_path / "foreign", kind="node", name="bank")
+    foreign = tmp_path / "foreign" / "nodes"
+    theirs = probe(fed.pki_dir / "ca.pem", foreign / "bank.pem", foreign / "bank.key")
+    assert theirs.returncode == 3 and "REFUSED" in theirs.stdout

@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
 from tessera.client.egress._schema import EgressBase, EgressEntryRow, EgressHeadRow
 from tessera.client.egress.records import (
     GENESIS_HASH,

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+
 from tessera.client.vault._schema import VaultRotationRow
 from tessera.client.vault.crypto import (
     DataKey,

@@ -26,6 +26,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 import phonenumbers
+
 from tessera.core.errors import InvalidRequest
 
 INDEX_KEY_BYTES = 32

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from tessera.core.errors import CryptoError
 
 FORMAT_VERSION = 1

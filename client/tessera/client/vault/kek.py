@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from tessera.core.errors import ConfigError, CryptoError
 
 KEK_BYTES = 32

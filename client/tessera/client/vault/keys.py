@@ -17,6 +17,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+
 from tessera.client.vault import _rotation
 from tessera.client.vault._rotation import ProtectedColumn, RotationProgress
 from tessera.client.vault._schema import VaultKeyRow, VaultMetaRow, create_tables

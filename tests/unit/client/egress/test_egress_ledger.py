@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+
 from tessera.client.egress import (
     REPORT_COLUMNS,
     EgressLedger,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tessera.client.vault.blind_index import BlindIndexer, IdentifierKind
 from tessera.core.errors import InvalidRequest
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tessera.client.vault.crypto import (
     DECRYPT_FAILED,
     OVERHEAD_BYTES,

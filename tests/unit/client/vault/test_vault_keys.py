@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from tessera.client.vault import (
     FieldContext,
     LocalKek,

@@ -6,6 +6,7 @@ import random
 from datetime import date
 
 import pytest
+
 from tessera.client.vault.pii import (
     PiiKind,
     detect,
