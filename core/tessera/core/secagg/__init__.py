@@ -1,0 +1,34 @@
+"""Secure aggregation (Bonawitz et al., CCS 2017; SecAgg+ graph of Bell et al., CCS 2020).
+
+Pure kernel: bytes and numpy arrays in, bytes and numpy arrays out; no I/O, no transport.
+Modules: ``prg`` (AES-256-CTR mask expansion), ``shamir`` (sharing over 2^127 - 1), ``keys``
+(X25519, HKDF, signed advertisements), ``graph`` (who masks with whom), ``messages`` and
+``codec`` (typed messages and their wire form), ``protocol`` (round configuration, shared
+checks), ``client`` and ``server`` (the two state machines), ``testing`` (in-memory driver).
+"""
+
+from tessera.core.secagg.client import ClientState, SecAggClient
+from tessera.core.secagg.codec import decode, encode
+from tessera.core.secagg.graph import NeighbourGraph, choose_degree, complete_graph, sparse_graph
+from tessera.core.secagg.messages import AggregateResult, Binding, BindingMismatch
+from tessera.core.secagg.protocol import RoundAborted, RoundConfig, StageError
+from tessera.core.secagg.server import SecAggServer, ServerState
+
+__all__ = [
+    "AggregateResult",
+    "Binding",
+    "BindingMismatch",
+    "ClientState",
+    "NeighbourGraph",
+    "RoundAborted",
+    "RoundConfig",
+    "SecAggClient",
+    "SecAggServer",
+    "ServerState",
+    "StageError",
+    "choose_degree",
+    "complete_graph",
+    "decode",
+    "encode",
+    "sparse_graph",
+]
