@@ -1,0 +1,177 @@
+"""Fixed-point quantisation with unbiased stochastic rounding, and two's-complement coding in Z_2^k.
+
+Rows are quantised *per customer, before summing*: each coordinate moves by less than one unit, so
+the integer-domain sensitivity is a deterministic bound (``integer_sensitivity``) and the DP proof
+never has to reason about correlated rounding of a whole node vector.
+
+Coding: a signed integer ``v`` with ``-2^(k-1) <= v < 2^(k-1)`` is stored as ``v mod 2^k`` in a
+``uint32`` (k <= 32) or ``uint64`` (k <= 64) array; sums wrap modulo ``2^k`` exactly as secure
+aggregation computes them, and ``decode`` reads the wrapped sum back as a signed integer. A sum is
+correct iff its true value lies in the same signed range; ``tessera.core.dp.bits`` chooses ``k`` so
+that fails with negligible, reported probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tessera.core.dp.clip import Clipped, Sensitivity
+from tessera.core.dp.errors import DpParameterError, QuantisationOverflow
+
+IntArray = npt.NDArray[np.int64]
+UIntArray = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
+MIN_BITS, MAX_BITS = 2, 64
+# |x * scale| must stay well inside int64 and inside the float64 integer range (2^53).
+_MAX_ABS_SCALED = float(2**52)
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise DpParameterError(f"bit width must be an integer in [{MIN_BITS}, {MAX_BITS}]")
+    return bits
+
+
+def fixed_point_scale(*, clip_bound: float, value_bits: int) -> float:
+    """Scale (integer units per value unit) so a value of magnitude ``clip_bound`` fits ``value_bits``.
+
+    After stochastic rounding every quantised coordinate satisfies
+    ``|q| <= 2^(value_bits-1) - 1``. Larger ``value_bits`` means less rounding noise but more
+    bits on the wire; the modular width of the *sum* is chosen separately (``bits.choose_bits``).
+    """
+    if not math.isfinite(clip_bound) or clip_bound <= 0:
+        raise DpParameterError("clip_bound must be a positive finite number")
+    if not 2 <= _check_bits(value_bits) <= 53:
+        raise DpParameterError("value_bits must be in [2, 53] (float64 holds integers up to 2^53)")
+    top = float(2 ** (value_bits - 1) - 1)
+    scale = top / clip_bound
+    # Float rounding may put clip_bound*scale a hair above `top`; step down until it does not,
+    # so ceil() in stochastic rounding can never exceed the range (rounding is monotone).
+    while math.ceil(clip_bound * scale) > top:
+        scale = math.nextafter(scale, 0.0)
+    return scale
+
+
+def stochastic_round(values: npt.ArrayLike, *, scale: float, rng: np.random.Generator) -> IntArray:
+    """Return integers ``q`` with ``E[q] = values * scale`` exactly (unbiased) and ``|q - x·s| < 1``.
+
+    ``q = floor(y) + Bernoulli(y - floor(y))`` with ``y = values * scale``. Cost: one uniform per
+    element.
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise DpParameterError("scale must be a positive finite number")
+    scaled = np.asarray(values, dtype=np.float64) * scale
+    if not np.all(np.isfinite(scaled)) or np.any(np.abs(scaled) >= _MAX_ABS_SCALED):
+        raise QuantisationOverflow("a scaled value is not finite or exceeds 2^52; lower the scale")
+    low = np.floor(scaled)
+    up = rng.random(scaled.shape) < (scaled - low)
+    return low.astype(np.int64) + up.astype(np.int64)
+
+
+def integer_sensitivity(
+    sensitivity: Sensitivity, *, scale: float, dim: int, integral_inputs: bool = False
+) -> Sensitivity:
+    """Sensitivity of the per-node *integer* sum after per-row stochastic rounding.
+
+    Each changed row's coordinates move by less than one unit, so with ``r = rows_changed``:
+    L1 <= L1·s + r·d, L2 <= L2·s + r·sqrt(d), L∞ <= L∞·s + r. With ``integral_inputs`` (a property
+    of the query, e.g. counts, never inferred from the data) ``values*scale`` are integers, nothing
+    is rounded and the bound is exactly the scaled one.
+    """
+    if dim < 1:
+        raise DpParameterError("dim must be at least 1")
+    slack = 0 if integral_inputs else sensitivity.rows_changed
+    return Sensitivity(
+        l1=sensitivity.l1 * scale + slack * dim,
+        l2=sensitivity.l2 * scale + slack * math.sqrt(dim),
+        linf=sensitivity.linf * scale + slack,
+        rows_changed=sensitivity.rows_changed,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QuantisedSum:
+    """A node's integer vector (sum of its quantised rows) and its integer-domain sensitivity."""
+
+    values: IntArray
+    sensitivity: Sensitivity
+    scale: float
+
+
+def quantise_sum(
+    clipped: Clipped, *, scale: float, rng: np.random.Generator, integral_inputs: bool = False
+) -> QuantisedSum:
+    """Quantise every clipped row, sum over customers, and carry the integer sensitivity along."""
+    rows = clipped.values
+    if integral_inputs:
+        scaled = rows * scale
+        if not np.array_equal(scaled, np.round(scaled)):
+            raise DpParameterError("integral_inputs was declared but a scaled value is not an integer")
+        if np.any(np.abs(scaled) >= _MAX_ABS_SCALED):
+            raise QuantisationOverflow("a scaled value exceeds 2^52; lower the scale")
+        quantised = scaled.astype(np.int64)
+    else:
+        quantised = stochastic_round(rows, scale=scale, rng=rng)
+    sens = integer_sensitivity(
+        clipped.sensitivity, scale=scale, dim=rows.shape[1], integral_inputs=integral_inputs
+    )
+    return QuantisedSum(values=quantised.sum(axis=0, dtype=np.int64), sensitivity=sens, scale=scale)
+
+
+def dequantise(values: npt.ArrayLike, *, scale: float) -> npt.NDArray[np.float64]:
+    """Map integer units back to value units (post-processing: no privacy cost)."""
+    return np.asarray(values, dtype=np.float64) / scale
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """Inclusive ``(lowest, highest)`` signed integers representable in ``bits`` bits."""
+    half = 1 << (_check_bits(bits) - 1)
+    return -half, half - 1
+
+
+def encode(values: npt.ArrayLike, *, bits: int) -> UIntArray:
+    """Encode signed integers into Z_2^k (two's complement). Raises ``QuantisationOverflow``."""
+    lo, hi = signed_range(bits)
+    ints = np.asarray(values)
+    if ints.dtype.kind not in "iu":
+        raise DpParameterError("only integer arrays can be encoded")
+    if ints.size and (int(ints.min()) < lo or int(ints.max()) > hi):
+        raise QuantisationOverflow(f"a value does not fit {bits}-bit two's complement")
+    wrapped = ints.astype(np.int64).view(np.uint64)
+    if bits == 64:
+        return wrapped
+    masked = wrapped & np.uint64((1 << bits) - 1)
+    return masked.astype(np.uint32) if bits <= 32 else masked
+
+
+def modular_sum(encoded: Sequence[npt.ArrayLike], *, bits: int) -> UIntArray:
+    """Sum encoded vectors modulo 2^k (what secure aggregation yields), same dtype as ``encode``."""
+    _check_bits(bits)
+    if not encoded:
+        raise DpParameterError("modular_sum needs at least one vector")
+    total = np.zeros(np.shape(encoded[0]), dtype=np.uint64)
+    for vector in encoded:
+        # uint64 arithmetic wraps modulo 2^64, which is consistent modulo 2^k for every k <= 64.
+        total += np.asarray(vector).astype(np.uint64)
+    if bits == 64:
+        return total
+    total &= np.uint64((1 << bits) - 1)
+    return total.astype(np.uint32) if bits <= 32 else total
+
+
+def decode(total: npt.ArrayLike, *, bits: int) -> IntArray:
+    """Read a sum modulo 2^k back as signed integers in ``signed_range(bits)``."""
+    _check_bits(bits)
+    raw = np.asarray(total)
+    if raw.dtype.kind != "u":
+        raise DpParameterError("decode expects an unsigned array from encode or modular_sum")
+    word = raw.astype(np.uint64)
+    if bits == 64:
+        return word.view(np.int64)
+    word &= np.uint64((1 << bits) - 1)
+    signed = word.astype(np.int64)
+    return signed - ((signed >> (bits - 1)) << bits)
