@@ -4,18 +4,31 @@ vault will be the main implementation."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Protocol
 
-from tessera.core.errors import ConfigError
+import numpy as np
+
+from tessera.core.errors import ConfigError, PolicyViolation
 from tessera.core.policy import Policy
-from tessera.core.types import DatasetSchema, FieldSchema
+from tessera.core.types import DatasetSchema, FieldSchema, Tier
 
 
 class DataSource(Protocol):
     def schemas(self) -> tuple[DatasetSchema, ...]:
         """Names, types and tiers of every dataset's fields — never values or row counts."""
+        ...
+
+    def read(self, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        """Columns of ``dataset``, one entry per row (per customer for ``customers``).
+
+        Numeric, int and bool fields come as float64 (NaN = missing); category and string fields
+        as object arrays of ``str`` (None = missing); dates as float64 days since 1970-01-01.
+        A ``core_sensitive`` field is refused (``policy.core_sensitive_field``): analyses never
+        see PII.
+        """
         ...
 
 
@@ -30,6 +43,28 @@ class CsvDataSource:
 
     def schemas(self) -> tuple[DatasetSchema, ...]:
         return self._schemas
+
+    def read(self, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        schema = next((d for d in self._schemas if d.name == dataset), None)
+        if schema is None:
+            raise PolicyViolation(f"this node serves no dataset {dataset!r}", code="policy.unknown_dataset")
+        types = {f.name: f for f in schema.fields}
+        for name in fields:
+            if name not in types:
+                raise PolicyViolation(
+                    f"dataset {dataset!r} has no field {name!r} on this node", code="policy.unknown_field"
+                )
+            if types[name].tier is Tier.CORE_SENSITIVE:
+                raise PolicyViolation(
+                    f"field {name!r} is core_sensitive: it never leaves the node, not even in aggregates",
+                    code="policy.core_sensitive_field",
+                )
+        raw: dict[str, list[str]] = {name: [] for name in fields}
+        with self.files[dataset].open(newline="", encoding="utf-8-sig") as handle:
+            for row in csv.DictReader(handle):
+                for name in fields:
+                    raw[name].append((row.get(name) or "").strip())
+        return {name: _column(values, types[name].type, name) for name, values in raw.items()}
 
     def _schema(self, dataset: str, path: Path) -> DatasetSchema:
         header = _read_header(path)
@@ -60,3 +95,33 @@ def _read_header(path: Path) -> list[str]:
     if any(not h for h in header):
         raise ConfigError(f"{path} has a column without a name")
     return header
+
+
+_EPOCH = date(1970, 1, 1)
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def _column(values: list[str], kind: str, name: str) -> np.ndarray:
+    """Typed column; unparsable values are missing (NaN/None), never an error mid-analysis."""
+    if kind in ("int", "float"):
+        out = np.full(len(values), np.nan)
+        for i, v in enumerate(values):
+            try:
+                out[i] = float(v) if v else np.nan
+            except ValueError:
+                out[i] = np.nan
+        return out
+    if kind == "bool":
+        return np.array(
+            [1.0 if v.lower() in _TRUE else 0.0 if v.lower() in _FALSE else np.nan for v in values]
+        )
+    if kind == "date":
+        out = np.full(len(values), np.nan)
+        for i, v in enumerate(values):
+            try:
+                out[i] = (date.fromisoformat(v[:10]) - _EPOCH).days if v else np.nan
+            except ValueError:
+                out[i] = np.nan
+        return out
+    return np.array([v if v else None for v in values], dtype=object)
