@@ -1,0 +1,174 @@
+"""``histogram``: customers per bin (per public group) of a numeric or a category field.
+
+* numeric ``field`` with ``lower``, ``upper`` and ``bins``: equal-width bins over
+  ``[lower, upper]``; values outside are clamped into the end bins;
+* category/string ``field`` with ``categories``: one bin per listed category plus ``other``.
+
+Vector: ``G × B`` count cells, group-major (cell ``g·B + b``). Each customer with a value adds 1
+to exactly one cell (L1 = L2 = L∞ = 1), so the whole ρ goes to that one part; missing values are
+left out. A bin whose own noisy count is below ``min_cohort_size`` is suppressed
+(post-processing of DP output: no budget).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tessera.core.analyses import vector as v
+from tessera.core.analyses.base import AnalysisInfo
+from tessera.core.errors import InvalidRequest
+from tessera.core.types import FieldSchema, JobSpec
+
+INFO = AnalysisInfo(
+    name="histogram",
+    description="DP counts per bin of a numeric field or per category, in total or per public group",
+    differentially_private=True,
+    resumable=False,
+    stages=v.DP_STAGES,
+    min_nodes=3,
+)
+MAX_BINS = 4096
+
+
+def edges(lower: float, upper: float, bins: int) -> tuple[float, ...]:
+    return tuple(float(x) for x in np.linspace(lower, upper, bins + 1))
+
+
+def bin_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    last = len(bounds) - 2
+    return tuple(
+        f"[{a:g}, {b:g}{']' if i == last else ')'}" for i, (a, b) in enumerate(itertools.pairwise(bounds))
+    )
+
+
+def numeric_bins(values: v.FloatArray, *, lower: float, upper: float, bins: int) -> v.IntArray:
+    """Bin of each value (NaN -> -1); values outside ``[lower, upper]`` go to the end bins."""
+    out = np.full(values.shape, -1, dtype=np.int64)
+    present = ~np.isnan(values)
+    position = (np.clip(values[present], lower, upper) - lower) / (upper - lower) * bins
+    out[present] = np.clip(np.floor(position), 0, bins - 1).astype(np.int64)
+    return out
+
+
+def plan_histogram(
+    spec: JobSpec,
+    fields: Mapping[str, FieldSchema],
+    *,
+    survivors_t: int,
+    n_nodes: int,
+    analysis: str,
+    numeric_only: bool,
+    extra: Mapping[str, Any] | None = None,
+) -> v.VectorPlan:
+    """The histogram plan shared with ``quantiles`` (no data; fail closed)."""
+    v.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
+    rho = v.privacy_rho(spec)
+    field = v.value_field(spec, fields, numeric=numeric_only)
+    groups = v.grouping(spec, fields)
+    layout: dict[str, Any] = {"field": field.name, "group_by": groups.field, "groups": groups.labels}
+    if field.type in v.NUMERIC_TYPES:
+        if "categories" in spec.params:
+            raise InvalidRequest("parameter 'categories' applies to category fields, not to numeric ones")
+        lower, upper = v.bounds(spec)
+        default = 64 if numeric_only else None
+        bins = v.int_param(spec, "bins", default=default, low=1, high=MAX_BINS)
+        bounds = edges(lower, upper, bins)
+        layout |= {
+            "kind": "numeric",
+            "lower": lower,
+            "upper": upper,
+            "edges": bounds,
+            "bins": bin_labels(bounds),
+        }
+    elif field.type in v.LABEL_TYPES:
+        for name in ("lower", "upper", "bins"):
+            if name in spec.params:
+                raise InvalidRequest(f"parameter {name!r} applies to numeric fields, not to category ones")
+        layout |= {"kind": "category", "bins": (*v.labels_param(spec, "categories"), v.OTHER)}
+    else:
+        raise InvalidRequest("parameter 'field' must name a numeric, category or string field for histogram")
+    layout |= dict(extra or {})
+    size = len(groups.labels) * len(layout["bins"])
+    if size > 1 << 16:
+        raise InvalidRequest("groups times bins exceeds 65536 cells; use fewer bins or groups")
+    part = v.make_part("count", start=0, stop=size, scale=1.0, linf_bound=1, rho=rho, survivors_t=survivors_t)
+    touched = (field.name,) if groups.field in (None, field.name) else (field.name, groups.field)
+    return v.VectorPlan(
+        analysis=analysis,
+        dataset=spec.dataset,
+        fields=touched,
+        length=size,
+        parts=(part,),
+        layout=layout,
+        epsilon=spec.epsilon,
+        delta=spec.delta,
+        rho=rho,
+        survivors_t=survivors_t,
+        n_nodes=n_nodes,
+    )
+
+
+def cell_index(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.IntArray:
+    """Cell ``g·B + b`` of every customer with a value (customers without one are dropped)."""
+    layout = plan.layout
+    nbins = len(layout["bins"])
+    if layout["kind"] == "numeric":
+        b = numeric_bins(
+            v.numeric(data, layout["field"]), lower=layout["lower"], upper=layout["upper"], bins=nbins
+        )
+    else:
+        b = v.label_index(data[layout["field"]], tuple(layout["bins"][:-1]))
+        b[b == -2] = nbins - 1  # listed nowhere -> "other"; -1 (missing) stays out
+    g = v.group_index(plan, data)
+    keep = b >= 0
+    return g[keep] * nbins + b[keep]
+
+
+def plan(spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int) -> v.VectorPlan:
+    """The vector plan (no data). Raises ``PolicyViolation`` / ``InvalidRequest`` (fail closed)."""
+    v.check_params(spec, frozenset({"field", "lower", "upper", "bins", "categories"}))
+    return plan_histogram(
+        spec, fields, survivors_t=survivors_t, n_nodes=n_nodes, analysis=INFO.name, numeric_only=False
+    )
+
+
+def local_vector(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:
+    """Customers per (group, bin), int64, no noise. Counts are integers: ``rng`` draws nothing."""
+    del rng  # one signature for every analysis
+    return np.bincount(cell_index(plan, data), minlength=plan.length).astype(np.int64)
+
+
+def exact(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
+    """The unnoised counts per (group, bin) as float64 (demo truth)."""
+    return np.bincount(cell_index(plan, data), minlength=plan.length).astype(np.float64)
+
+
+def release(
+    plan: v.VectorPlan, total: Any, *, summands: int, min_cohort_size: int, truth: Any | None = None
+) -> dict[str, Any]:
+    """One cell per (group, bin) with its noisy count and ±1.96 sd interval.
+
+    Each bin is suppressed on its own noisy count (post-processing, no budget).
+    """
+    counts = v.check_total(plan, total, summands=summands)
+    doc = v.header(plan, summands=summands, min_cohort_size=min_cohort_size)
+    half = v.half_width(plan, plan.part("count"), summands=summands)
+    labels = plan.layout["bins"]
+    bounds = plan.layout.get("edges")
+    exact_vec = None if truth is None else np.asarray(truth, dtype=np.float64)
+    for g, group in enumerate(plan.layout["groups"]):
+        for b, label in enumerate(labels):
+            i = g * len(labels) + b
+            count, suppressed = v.count_estimate(float(counts[i]), half, min_cohort_size=min_cohort_size)
+            cell: dict[str, Any] = {"group": group, "bin": label}
+            if bounds is not None:
+                cell["edges"] = [bounds[b], bounds[b + 1]]
+            cell |= {"count": count, "suppressed": suppressed}
+            if exact_vec is not None:
+                cell["true"] = {"count": float(exact_vec[i])}
+            doc["cells"].append(cell)
+    return doc
