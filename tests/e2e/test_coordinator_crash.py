@@ -70,6 +70,8 @@ def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Pa
             str(POLICIES / f"{name}.yaml"),
             "--data",
             f"customers={csv}",
+            "--state-dir",
+            str(tmp_path / name / "state"),
             log=tmp_path / f"{name}.log",
         )
 

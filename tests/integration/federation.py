@@ -8,11 +8,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.demo_data import write_customers
 from tessera.client.agent import NodeAgent, NodeConfig
 from tessera.client.datasource import CsvDataSource
+from tessera.client.db import node_engine
+from tessera.client.outgoing import NodeLedgers, open_ledgers
 from tessera.core.pki import TlsFiles
 from tessera.core.policy import Policy, load_policy
 from tessera.server.app import Coordinator, CoordinatorConfig
@@ -29,6 +32,7 @@ class Federation:
     db_url: str
     store: SqlStore | None = None
     coordinator: Coordinator | None = None
+    rows: int = 20
     agents: dict[str, NodeAgent] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
     port: int = 0
@@ -61,11 +65,13 @@ class Federation:
     def policy(self, name: str) -> Policy:
         return load_policy(POLICIES / f"{name}.yaml")
 
-    def start_node(self, name: str, *, policy: Policy | None = None) -> NodeAgent:
+    def start_node(
+        self, name: str, *, policy: Policy | None = None, agent_class: type[NodeAgent] = NodeAgent
+    ) -> NodeAgent:
         policy = policy or self.policy(name)
         csv = self.work / name / "customers.csv"
         if not csv.exists():
-            write_customers(policy, "customers", csv, rows=20, seed=len(name))
+            write_customers(policy, "customers", csv, rows=self.rows, seed=len(name))
         config = NodeConfig(
             node_id=name,
             coordinator=self.address,
@@ -73,7 +79,10 @@ class Federation:
             backoff_initial_s=0.05,
             backoff_max_s=0.5,
         )
-        agent = NodeAgent(config, policy, CsvDataSource({"customers": csv}, policy))
+        engine = node_engine(f"sqlite:///{self.work / name / 'ledgers.db'}")
+        agent = agent_class(
+            config, policy, CsvDataSource({"customers": csv}, policy), open_ledgers(engine, policy)
+        )
         thread = threading.Thread(target=agent.run, name=f"node-{name}", daemon=True)
         thread.start()
         self.agents[name], self.threads[name] = agent, thread
@@ -84,6 +93,9 @@ class Federation:
     def stop_node(self, name: str) -> None:
         self.agents.pop(name).stop()
         self.threads.pop(name).join(timeout=10)
+
+    def ledgers(self, name: str) -> NodeLedgers:
+        return self.agents[name].ledgers
 
     def analyst(self, role: str = "analyst") -> AnalystClient:
         return AnalystClient.from_pki(self.address, self.pki_dir, role)
@@ -101,3 +113,29 @@ def wait_for(predicate: object, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def open_policy(base: str, name: str, work: Path, **changes: object) -> Policy:
+    """A variant of an example policy for node ``name`` (any partner allowed unless changed)."""
+    import yaml
+
+    doc = yaml.safe_load((POLICIES / f"{base}.yaml").read_text())
+    doc.update({"partner": name, "policy_id": f"{name}-test", "allowed_partners": ["*"]})
+    doc.update(changes)
+    path = work / f"{name}-policy.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return load_policy(path)
+
+
+class DroppingAgent(NodeAgent):
+    """A node that crashes (stops for good) when a task of ``drop_at`` reaches it."""
+
+    drop_at: str = ""
+
+    def _answer(self, stub: Any, task: Any) -> None:
+        from tessera.core import serde
+
+        if serde.stage_from_pb(task.stage).value == self.drop_at:
+            self.stop()
+            return
+        super()._answer(stub, task)

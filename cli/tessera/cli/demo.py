@@ -259,6 +259,8 @@ def demo(
                         str(node_dir / "policy.yaml"),
                         "--data",
                         f"customers={node_dir / 'raw' / 'customers.csv'}",
+                        "--state-dir",
+                        str(node_dir / "state"),
                         "--log-file",
                         str(out / "logs" / f"node-{name}.log"),
                     ],

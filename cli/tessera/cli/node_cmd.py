@@ -13,6 +13,8 @@ from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
 from tessera.client.agent import NodeAgent, NodeConfig
 from tessera.client.datasource import CsvDataSource
+from tessera.client.db import node_engine
+from tessera.client.outgoing import open_ledgers
 from tessera.core.errors import ConfigError
 from tessera.core.logs import configure_logging
 from tessera.core.pki import TlsFiles, load_tls
@@ -40,6 +42,9 @@ def serve(
     name: Annotated[str, typer.Option(help="This node's certificate name under PKI/nodes/.")],
     policy: Annotated[Path, typer.Option(help="The node's policy file (YAML).")],
     data: Annotated[list[str], typer.Option(help="A dataset as NAME=PATH to a CSV file; repeatable.")],
+    state_dir: Annotated[
+        Path, typer.Option(help="The node's own folder: its ledgers (egress, budget) live here.")
+    ],
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     log_file: LogFile = None,
     log_format: LogFormat = "text",
@@ -51,7 +56,11 @@ def serve(
     load_tls(tls)
     loaded_policy = load_policy(policy)
     source = CsvDataSource(parse_data_options(data), loaded_policy)
-    agent = NodeAgent(NodeConfig(node_id=name, coordinator=coordinator, tls=tls), loaded_policy, source)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ledgers = open_ledgers(node_engine(f"sqlite:///{state_dir / 'ledgers.db'}"), loaded_policy)
+    agent = NodeAgent(
+        NodeConfig(node_id=name, coordinator=coordinator, tls=tls), loaded_policy, source, ledgers
+    )
 
     def _on_signal(signum: int, _frame: object) -> None:
         agent.stop()

@@ -12,14 +12,16 @@ import logging
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from tessera.client.datasource import DataSource
+from tessera.client.dp_runner import NodeIdentity
+from tessera.client.outgoing import NodeLedgers, Outgoing
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
+from tessera.core.errors import TesseraError
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.policy import Policy
 from tessera.v1 import node_pb2, node_pb2_grpc
@@ -40,26 +42,15 @@ class NodeConfig:
     backoff_max_s: float = 10.0
 
 
-# Every message that leaves the node goes through this one callable: (task, kind, payload, send).
-# The egress ledger plugs in here so nothing can bypass it.
-SendGate = Callable[[node_pb2.Task, str, bytes, Callable[[], node_pb2.SubmitAck]], node_pb2.SubmitAck]
-
-
-def direct_send(
-    task: node_pb2.Task, kind: str, payload: bytes, send: Callable[[], node_pb2.SubmitAck]
-) -> node_pb2.SubmitAck:
-    return send()
-
-
 class NodeAgent:
-    def __init__(
-        self, config: NodeConfig, policy: Policy, data: DataSource, *, gate: SendGate = direct_send
-    ) -> None:
+    def __init__(self, config: NodeConfig, policy: Policy, data: DataSource, ledgers: NodeLedgers) -> None:
         self.config = config
         self.policy = policy
         self.data = data
-        self.runner = TaskRunner(config.node_id, policy, data)
-        self.gate = gate
+        self.ledgers = ledgers
+        self.runner = TaskRunner(
+            config.node_id, policy, data, NodeIdentity.from_tls(config.tls), ledgers.budget
+        )
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._call: grpc.Future | None = None
         self._stop = threading.Event()
@@ -154,24 +145,26 @@ class NodeAgent:
         log.info("task stream ended by the coordinator")
 
     def _answer(self, stub: node_pb2_grpc.NodeServiceStub, task: node_pb2.Task) -> None:
-        outcome = self.runner.handle(task)
-        if outcome.message is not None:
-            message = outcome.message
-            payload = message.SerializeToString()
-            self.gate(
-                task,
-                "round_message",
-                payload,
-                lambda: stub.SubmitRoundMessage(message, timeout=RPC_TIMEOUT_S),
-            )
-        elif outcome.veto is not None:
-            veto = outcome.veto
-            self.gate(
-                task, "veto", veto.SerializeToString(), lambda: stub.ReportVeto(veto, timeout=RPC_TIMEOUT_S)
-            )
+        out = self.runner.handle(task)
+        try:
+            self._deliver(stub, out)
+        except TesseraError as exc:
+            # Recording or charging failed, so the message did not leave; say why instead.
+            log.warning("not sent job=%s code=%s", task.job_id, exc.code)
+            self.runner.dp.forget(task.job_id)
+            self._deliver(stub, self.runner.veto(task, exc))
         self._answered[task.task_id] = None
         while len(self._answered) > REMEMBERED_TASKS:
             self._answered.popitem(last=False)
+
+    def _deliver(self, stub: node_pb2_grpc.NodeServiceStub, out: Outgoing) -> None:
+        # The only way out of the node: recorded (and charged) in the ledger, then sent.
+        if out.message is not None:
+            message = out.message
+            self.ledgers.deliver(out, lambda _: stub.SubmitRoundMessage(message, timeout=RPC_TIMEOUT_S))
+        elif out.veto is not None:
+            veto = out.veto
+            self.ledgers.deliver(out, lambda _: stub.ReportVeto(veto, timeout=RPC_TIMEOUT_S))
 
     def _log_rpc_error(self, exc: grpc.RpcError) -> None:
         code = exc.code() if isinstance(exc, grpc.Call) else None

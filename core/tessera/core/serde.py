@@ -38,6 +38,7 @@ _STAGE_TO_PB = {
     Stage.MASKED_INPUT: pb.STAGE_MASKED_INPUT,
     Stage.UNMASK: pb.STAGE_UNMASK,
     Stage.PSI: pb.STAGE_PSI,
+    Stage.ABORT: pb.STAGE_ABORT,
 }
 _STAGE_FROM_PB = {v: k for k, v in _STAGE_TO_PB.items()}
 

@@ -33,6 +33,7 @@ class Stage(enum.StrEnum):
     MASKED_INPUT = "masked_input"
     UNMASK = "unmask"
     PSI = "psi"
+    ABORT = "abort"
 
 
 class Tier(enum.StrEnum):

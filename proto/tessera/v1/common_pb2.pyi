@@ -62,6 +62,8 @@ class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType
     STAGE_MASKED_INPUT: _Stage.ValueType  # 4
     STAGE_UNMASK: _Stage.ValueType  # 5
     STAGE_PSI: _Stage.ValueType  # 6
+    STAGE_ABORT: _Stage.ValueType  # 7
+    """the round ended without a release: drop its state, free the budget"""
 
 class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
     """The stage of a round a task or message belongs to. Secure-aggregation stages follow
@@ -76,6 +78,8 @@ STAGE_SHARE_KEYS: Stage.ValueType  # 3
 STAGE_MASKED_INPUT: Stage.ValueType  # 4
 STAGE_UNMASK: Stage.ValueType  # 5
 STAGE_PSI: Stage.ValueType  # 6
+STAGE_ABORT: Stage.ValueType  # 7
+"""the round ended without a release: drop its state, free the budget"""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
 class _Tier:

@@ -48,6 +48,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 policy=serde.policy_summary_from_pb(request.policy),
                 datasets=[serde.dataset_from_pb(d) for d in request.datasets],
                 now=self.jobs.clock(),
+                cert_pem=_presented_certificate(context),
             )
         except TesseraError as exc:
             abort(context, exc)
@@ -134,7 +135,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 round_no=request.round,
                 stage=serde.stage_from_pb(request.stage),
             )
-            fresh = self.jobs.on_report(node_id, task, request)
+            fresh = self.jobs.on_message(node_id, task, request)
         except TesseraError as exc:
             abort(context, exc)
         return node_pb2.SubmitAck(accepted=fresh, detail="" if fresh else "already answered")
@@ -168,3 +169,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         if task.deadline is not None:
             msg.deadline.FromDatetime(task.deadline)
         return msg
+
+
+def _presented_certificate(context: grpc.ServicerContext) -> str:
+    values = context.auth_context().get("x509_pem_cert") or [b""]
+    return bytes(values[0]).decode("ascii", errors="replace")

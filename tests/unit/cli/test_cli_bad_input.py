@@ -81,6 +81,8 @@ def test_bad_policy_yaml_and_missing_policy(pki_dir: Path, tmp_path: Path) -> No
         "bank",
         "--policy",
         str(bad),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--data",
         f"customers={tmp_path / 'c.csv'}",
     )
@@ -94,6 +96,8 @@ def test_bad_policy_yaml_and_missing_policy(pki_dir: Path, tmp_path: Path) -> No
         "bank",
         "--policy",
         str(tmp_path / "missing.yaml"),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--data",
         f"customers={tmp_path / 'c.csv'}",
     )
@@ -113,13 +117,15 @@ def test_unclassified_column_stops_the_node(pki_dir: Path, tmp_path: Path) -> No
         "bank",
         "--policy",
         str(policy),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--data",
         f"customers={csv}",
     )
     assert code == 1 and "favourite_colour" in out and "bank.yaml" in out
 
 
-def test_bad_data_option(pki_dir: Path) -> None:
+def test_bad_data_option(pki_dir: Path, tmp_path: Path) -> None:
     policy = Path(__file__).resolve().parents[3] / "policies" / "bank.yaml"
     code, out = _run(
         "node",
@@ -130,6 +136,8 @@ def test_bad_data_option(pki_dir: Path) -> None:
         "bank",
         "--policy",
         str(policy),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--data",
         "customers",
     )

@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
 from tessera.core.analyses import inventory
 from tessera.core.analyses.base import AnalysisInfo
+from tessera.core.analyses.vector import VectorPlan
 from tessera.core.errors import InvalidRequest
+from tessera.core.types import FieldSchema, JobSpec
 
-ANALYSES: dict[str, AnalysisInfo] = {inventory.INFO.name: inventory.INFO}
+
+class VectorAnalysis(Protocol):
+    """A one-round DP analysis: both halves, as each module under ``analyses/`` defines them."""
+
+    INFO: AnalysisInfo
+
+    def plan(
+        self, spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int
+    ) -> VectorPlan: ...
+
+    def local_vector(
+        self, plan: VectorPlan, data: Mapping[str, np.ndarray], *, rng: np.random.Generator
+    ) -> np.ndarray: ...
+
+    def exact(self, plan: VectorPlan, data: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+    def release(
+        self,
+        plan: VectorPlan,
+        total: np.ndarray,
+        *,
+        summands: int,
+        min_cohort_size: int,
+        truth: np.ndarray | None = None,
+    ) -> dict[str, Any]: ...
+
+
+def _vector_analyses() -> dict[str, VectorAnalysis]:
+    from tessera.core.analyses import count, histogram, mean, quantiles, sums
+
+    modules: list[Any] = [count, sums, mean, histogram, quantiles]
+    return {m.INFO.name: m for m in modules}
+
+
+VECTOR_ANALYSES: dict[str, VectorAnalysis] = _vector_analyses()
+ANALYSES: dict[str, AnalysisInfo] = {
+    inventory.INFO.name: inventory.INFO,
+    **{name: module.INFO for name, module in VECTOR_ANALYSES.items()},
+}
 
 
 def get_analysis(name: str) -> AnalysisInfo:
@@ -15,3 +60,10 @@ def get_analysis(name: str) -> AnalysisInfo:
     except KeyError:
         known = ", ".join(sorted(ANALYSES))
         raise InvalidRequest(f"unknown analysis {name!r}; this coordinator runs: {known}") from None
+
+
+def get_vector_analysis(name: str) -> VectorAnalysis:
+    try:
+        return VECTOR_ANALYSES[name]
+    except KeyError:
+        raise InvalidRequest(f"analysis {name!r} is not a differentially private vector analysis") from None

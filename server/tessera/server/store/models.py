@@ -23,6 +23,9 @@ class NodeRow(Base):
     # Serialized tessera.v1 messages (PolicySummary, InventoryReport-like schema list): serde owns them.
     policy_pb: Mapped[bytes] = mapped_column(LargeBinary)
     datasets_pb: Mapped[bytes] = mapped_column(LargeBinary)
+    # The node's certificate as its TLS session presented it; relayed to peers so they can verify
+    # the node's signed secure-aggregation keys against the consortium CA themselves.
+    cert_pem: Mapped[str] = mapped_column(Text, default="")
 
 
 class JobRow(Base):

@@ -29,6 +29,7 @@ class NodeRecord:
     last_seen: datetime
     policy: PolicySummary
     datasets: tuple[DatasetSchema, ...]
+    cert_pem: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +93,7 @@ class SqlStore:
         policy: PolicySummary,
         datasets: Sequence[DatasetSchema],
         now: datetime,
+        cert_pem: str = "",
     ) -> NodeRecord:
         policy_pb = serde.policy_summary_to_pb(policy).SerializeToString(deterministic=True)
         datasets_pb = node_pb2.InventoryReport(
@@ -108,6 +109,7 @@ class SqlStore:
             row.policy_hash = policy.policy_hash
             row.policy_pb = policy_pb
             row.datasets_pb = datasets_pb
+            row.cert_pem = cert_pem
             s.flush()
             return self._node(row)
 
@@ -139,6 +141,7 @@ class SqlStore:
             last_seen=_utc(row.last_seen),
             policy=serde.policy_summary_from_pb(policy),
             datasets=tuple(serde.dataset_from_pb(d) for d in datasets),
+            cert_pem=row.cert_pem or "",
         )
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -272,7 +275,9 @@ class SqlStore:
         now: datetime,
         deadline: datetime | None,
         stage_input: bytes = b"",
+        stage_inputs: Mapping[str, bytes] | None = None,
     ) -> list[TaskRecord]:
+        """One task per node; ``stage_inputs`` gives a node its own input (else ``stage_input``)."""
         rows = [
             TaskRow(
                 task_id=f"{job_id}-r{round}-{stage.value}-{node_id}",
@@ -281,7 +286,7 @@ class SqlStore:
                 round=round,
                 stage=stage.value,
                 state=TaskState.PENDING.value,
-                stage_input=stage_input,
+                stage_input=(stage_inputs or {}).get(node_id, stage_input),
                 deadline=deadline,
                 created_at=now,
             )
@@ -348,6 +353,19 @@ class SqlStore:
             if s.get(TaskRow, task_id) is None:
                 raise NotFound("no such task")
             return False
+
+    def expire_open_tasks(self, job_id: str, *, round: int, stage: Stage) -> list[str]:
+        """Close the stage's unanswered tasks (their nodes dropped); return those nodes."""
+        where = (
+            (TaskRow.job_id == job_id)
+            & (TaskRow.round == round)
+            & (TaskRow.stage == stage.value)
+            & TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value])
+        )
+        with self._tx() as s:
+            late = sorted(s.scalars(select(TaskRow.node_id).where(where)))
+            s.execute(update(TaskRow).where(where).values(state=TaskState.EXPIRED.value))
+            return late
 
     def extend_open_tasks(self, job_id: str, *, deadline: datetime) -> None:
         with self._tx() as s:

@@ -1,0 +1,58 @@
+"""What leaves the node for one task, and the one path by which it leaves: the egress ledger.
+
+Every message is recorded (hash-chained, with its privacy charge) before it is sent; a message
+that carries a DP release is charged to the budget in the same transaction. Nothing else in the
+node talks to the coordinator's round methods, so nothing can bypass the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import Engine
+
+from tessera.client.budget import BudgetLedger, Reservation
+from tessera.client.egress import EgressLedger, EgressRecord, send_through_ledger
+from tessera.core.policy import Policy
+from tessera.v1 import node_pb2
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A round message or a veto (exactly one), what the ledger records of it, and its charge."""
+
+    record: EgressRecord
+    message: node_pb2.RoundMessage | None = None
+    veto: node_pb2.VetoReport | None = None
+    reservation: Reservation | None = None
+
+    @property
+    def payload(self) -> bytes:
+        body = self.message if self.message is not None else self.veto
+        assert body is not None
+        return body.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLedgers:
+    egress: EgressLedger
+    budget: BudgetLedger
+
+    def deliver(self, out: Outgoing, send: Callable[[bytes], T]) -> T:
+        """Record (and charge) ``out``, then ``send`` its exact bytes; nothing is sent if recording fails."""
+        payload = out.payload
+        if out.reservation is not None:
+            return self.budget.commit_and_send(out.reservation, self.egress, out.record, payload, send)
+        return send_through_ledger(self.egress, out.record, payload, send)
+
+
+def open_ledgers(engine: Engine, policy: Policy) -> NodeLedgers:
+    """The node's egress and budget ledgers in its database (tables created if missing)."""
+    return NodeLedgers(
+        egress=EgressLedger(engine),
+        budget=BudgetLedger(engine, limits=policy.privacy, policy_hash=policy.policy_hash),
+    )

@@ -1,0 +1,157 @@
+"""DP jobs over real gRPC and mTLS: one secure-aggregation round, budgets, dropouts, refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from federation import DroppingAgent, Federation, open_policy, wait_for
+
+from tessera.core.errors import Conflict
+from tessera.core.types import JobSpec
+
+EPS, DELTA = 0.5, 1e-7  # within every example policy's per-job limits
+NODES = {"bank": "bank", "telco": "telco", "retailer": "retailer", "stranger": "telco"}  # name -> base policy
+
+
+def _run(fed: Federation, spec: JobSpec) -> dict:
+    with fed.analyst() as client:
+        job_id = client.submit(spec)
+        list(client.watch(job_id, timeout_s=60))
+        return client.result_document(job_id)
+
+
+def _count(**params: object) -> JobSpec:
+    return JobSpec(
+        analysis="count", dataset="customers", purpose="research", epsilon=EPS, delta=DELTA, params=params
+    )
+
+
+def _spent(fed: Federation, name: str) -> float:
+    return fed.ledgers(name).budget.remaining("customers").rho_spent
+
+
+def _masked_entries(fed: Federation, name: str) -> list:
+    return [e for e in fed.ledgers(name).egress.entries() if e.record.stage == "masked_input"]
+
+
+@pytest.fixture
+def fed(pki_dir: Path, tmp_path: Path) -> Iterator[Federation]:
+    federation = Federation(pki_dir=pki_dir, work=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rows=300)
+    federation.start_coordinator(stage_timeout=3.0)
+    yield federation
+    federation.close()
+
+
+def _start(fed: Federation, names: tuple[str, ...], *, drop: dict[str, str] | None = None) -> None:
+    for name in names:
+        policy = open_policy(NODES[name], name, fed.work)
+        if drop and name in drop:
+            agent_class = type(f"Drop{name}", (DroppingAgent,), {"drop_at": drop[name]})
+            fed.start_node(name, policy=policy, agent_class=agent_class)
+        else:
+            fed.start_node(name, policy=policy)
+
+
+def test_count_by_region_is_released_charged_and_recorded(fed: Federation) -> None:
+    _start(fed, ("bank", "telco", "retailer"))
+    regions = ("north", "south", "east", "west", "central")
+    doc = _run(fed, _count(group_by="region", groups=regions))
+    assert doc["status"] == "succeeded", doc
+    result = doc["result"]
+    assert sorted(result["survivors"]) == ["bank", "retailer", "telco"]
+    cells = {c["group"]: c for c in result["cells"]}
+    assert set(cells) == {*regions, "other"}
+    total = sum(c["count"]["value"] or 0 for c in cells.values() if not c["suppressed"])
+    assert abs(total - 900) < 150  # 900 customers; six cells of noise with sd ~11 each
+    for name in ("bank", "telco", "retailer"):
+        assert _spent(fed, name) > 0
+        (entry,) = _masked_entries(fed, name)
+        assert entry.record.rho > 0 and entry.record.fields == ("region",)
+        assert fed.ledgers(name).egress.verify().ok
+
+
+@pytest.mark.parametrize("stage", ["share_keys", "masked_input", "unmask"])
+def test_a_node_dropping_at_any_stage_still_gives_the_right_sum(fed: Federation, stage: str) -> None:
+    _start(fed, tuple(NODES), drop={"stranger": stage})
+    doc = _run(fed, _count(max_dropouts=1))
+    assert doc["status"] == "succeeded", doc
+    survivors = set(doc["result"]["survivors"])
+    # Dropping before sending the masked input leaves the node out; after, its input counts.
+    expected = {"bank", "telco", "retailer"} | ({"stranger"} if stage == "unmask" else set())
+    assert survivors == expected
+    (cell,) = doc["result"]["cells"]
+    assert abs(cell["count"]["value"] - 300 * len(expected)) < 60
+    assert (_spent(fed, "stranger") > 0) == (stage == "unmask")
+
+
+def test_too_many_dropouts_fail_cleanly_and_charge_nobody_who_sent_nothing(fed: Federation) -> None:
+    _start(fed, ("bank", "telco", "retailer"), drop={"retailer": "share_keys"})
+    doc = _run(fed, _count())
+    assert doc["status"] == "failed"
+    assert "share" in doc["error"] or "threshold" in doc["error"]
+    for name in ("bank", "telco"):
+        assert _spent(fed, name) == 0
+        assert _masked_entries(fed, name) == []
+
+
+def test_core_sensitive_field_and_too_few_nodes_are_refused_before_anything_runs(fed: Federation) -> None:
+    _start(fed, ("bank", "telco", "retailer"))
+    with fed.analyst() as client:
+        with pytest.raises(Exception, match="core_sensitive"):
+            client.submit(_count(group_by="email", groups=("a",)))
+        with pytest.raises(Conflict, match="at least 3"):
+            client.submit(
+                JobSpec(
+                    analysis="count",
+                    dataset="customers",
+                    purpose="research",
+                    epsilon=EPS,
+                    delta=DELTA,
+                    participants=("bank", "telco"),
+                )
+            )
+    for name in ("bank", "telco", "retailer"):
+        assert _spent(fed, name) == 0
+        assert fed.ledgers(name).egress.entries() == []
+
+
+def test_period_budget_runs_out_and_the_node_vetoes_before_touching_data(fed: Federation) -> None:
+    tight = {"epsilon_per_job": 0.5, "epsilon_per_period": 0.8, "period_days": 30, "delta": 1e-6}
+    fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, privacy=tight))
+    _start(fed, ("telco", "retailer"))
+    # zCDP composes tightly: two releases at epsilon 0.5 fit a period of 0.8; a third does not.
+    for _ in range(2):
+        doc = _run(fed, _count())
+        assert doc["status"] == "succeeded", (doc["error"], doc["vetoes"])
+    spent = _spent(fed, "bank")
+    refused = _run(fed, _count())
+    assert refused["status"] == "failed"
+    assert any(v["node_id"] == "bank" and v["code"] == "budget.period_exhausted" for v in refused["vetoes"])
+    assert _spent(fed, "bank") == spent
+    assert len(_masked_entries(fed, "bank")) == 2
+    # The others gave their reservations back: nothing of theirs left in the refused round.
+    assert len(_masked_entries(fed, "telco")) == 2
+    # The coordinator's abort notice frees their reservations at once (not after an hour).
+    wait_for(lambda: fed.ledgers("telco").budget.remaining("customers").rho_reserved == 0)
+
+
+def test_result_json_is_stable_and_carries_intervals(fed: Federation) -> None:
+    _start(fed, ("bank", "telco", "retailer"))
+    spec = JobSpec(
+        analysis="mean",
+        dataset="customers",
+        purpose="research",
+        epsilon=EPS,
+        delta=DELTA,
+        params={"field": "monthly_spend", "lower": 0.0, "upper": 200.0},
+    )
+    doc = _run(fed, spec)
+    assert doc["status"] == "succeeded", doc
+    (cell,) = doc["result"]["cells"]
+    low, high = cell["mean"]["ci95"]
+    assert low <= cell["mean"]["value"] <= high
+    json.dumps(doc)
+    wait_for(lambda: True)
