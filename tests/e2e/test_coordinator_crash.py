@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-def _wait(predicate: object, timeout: float = 30.0) -> None:
+def _wait(predicate: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -118,24 +118,65 @@ def test_core_sensitive_field_and_too_few_nodes_are_refused_before_anything_runs
         assert fed.ledgers(name).egress.entries() == []
 
 
-def test_period_budget_runs_out_and_the_node_vetoes_before_touching_data(fed: Federation) -> None:
-    tight = {"epsilon_per_job": 0.5, "epsilon_per_period": 0.8, "period_days": 30, "delta": 1e-6}
-    fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, privacy=tight))
+TIGHT = {"epsilon_per_job": 0.5, "epsilon_per_period": 0.8, "period_days": 30, "delta": 1e-6}
+
+
+def test_the_coordinator_mirror_refuses_a_job_a_node_can_no_longer_afford(fed: Federation) -> None:
+    fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, privacy=TIGHT))
     _start(fed, ("telco", "retailer"))
     # zCDP composes tightly: two releases at epsilon 0.5 fit a period of 0.8; a third does not.
     for _ in range(2):
         doc = _run(fed, _count())
         assert doc["status"] == "succeeded", (doc["error"], doc["vetoes"])
+    with fed.analyst() as client:
+        views = {(b.node_id, b.dataset): b for b in client.budgets()}
+        assert views[("bank", "customers")].releases == 2
+        assert 0 < views[("bank", "customers")].epsilon_left < 0.5
+        with pytest.raises(Conflict, match="budget"):
+            client.submit(_count())
+    assert len(_masked_entries(fed, "bank")) == 2
+
+
+def test_the_node_vetoes_over_budget_before_touching_data(fed: Federation) -> None:
+    fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, privacy=TIGHT))
+    _start(fed, ("telco", "retailer"))
+    # Spending the coordinator never saw (the node is the authority on its own budget).
+    budget = fed.ledgers("bank").budget
+    for job in ("elsewhere-1", "elsewhere-2"):
+        budget.release(budget.reserve(job_id=job, dataset="customers", epsilon=0.5, delta=1e-7))
+        reservation = budget.reserve(job_id=job + "-spent", dataset="customers", epsilon=0.5, delta=1e-7)
+        budget.commit(
+            reservation, egress=fed.ledgers("bank").egress, record=_record(job + "-spent"), payload=b"x"
+        )
     spent = _spent(fed, "bank")
     refused = _run(fed, _count())
     assert refused["status"] == "failed"
     assert any(v["node_id"] == "bank" and v["code"] == "budget.period_exhausted" for v in refused["vetoes"])
     assert _spent(fed, "bank") == spent
-    assert len(_masked_entries(fed, "bank")) == 2
-    # The others gave their reservations back: nothing of theirs left in the refused round.
-    assert len(_masked_entries(fed, "telco")) == 2
-    # The coordinator's abort notice frees their reservations at once (not after an hour).
-    wait_for(lambda: fed.ledgers("telco").budget.remaining("customers").rho_reserved == 0)
+    assert [e for e in _masked_entries(fed, "bank") if e.record.job_id == refused["job_id"]] == []
+    # The coordinator's abort notice frees the others' reservations at once (not after an hour).
+    for name in ("telco", "retailer"):
+        wait_for(lambda name=name: fed.ledgers(name).budget.remaining("customers").rho_reserved == 0)
+        assert _spent(fed, name) == 0 and _masked_entries(fed, name) == []
+
+
+def _record(job_id: str) -> object:
+    from tessera.client.egress import EgressRecord
+
+    return EgressRecord(
+        job_id=job_id,
+        round=1,
+        stage="masked_input",
+        purpose="research",
+        analysis="count",
+        fields=(),
+        shape=(1,),
+        noise={},
+        rho=0.005,
+        epsilon=0.5,
+        delta=1e-7,
+        policy_hash="test",
+    )
 
 
 def test_result_json_is_stable_and_carries_intervals(fed: Federation) -> None:

@@ -89,6 +89,9 @@ class AnalystClient:
     def audit(self, limit: int = 100) -> list[analyst_pb2.AuditEntry]:
         return list(self._call("ListAudit", analyst_pb2.ListAuditRequest(limit=limit)).entries)
 
+    def budgets(self) -> list[analyst_pb2.BudgetView]:
+        return list(self._call("ListBudgets", analyst_pb2.ListBudgetsRequest()).budgets)
+
     def watch(self, job_id: str, *, timeout_s: float | None = None) -> Iterator[analyst_pb2.JobEvent]:
         """Progress events until the job ends (the stream closes after the final state)."""
         try:

@@ -23,11 +23,12 @@ import yaml
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.demo_data import write_customers
+from tessera.cli.demo_truth import add_truth
 from tessera.cli.job_cmd import render_result
 from tessera.core.errors import ConfigError, TesseraError, Unavailable
 from tessera.core.pki import init_ca, issue
-from tessera.core.policy import load_policy
-from tessera.core.types import JobSpec, JobState
+from tessera.core.policy import Policy, load_policy
+from tessera.core.types import JobSpec, JobState, ParamValue
 
 BASE_PARTNERS = ("bank", "telco", "retailer")
 MARKER = ".tessera-demo"
@@ -157,10 +158,34 @@ def _run_job(client: AnalystClient, spec: JobSpec, timeout: float) -> dict[str, 
     return client.result_document(job_id)
 
 
-def _job_specs(names: Sequence[str]) -> list[JobSpec]:
+REGIONS = ("north", "south", "east", "west", "central")
+EPSILON, DELTA = 0.5, 1e-7  # within every example policy's per-job limits
+
+
+def _job_specs() -> list[JobSpec]:
+    """Every job type that exists; later analyses add their specs here."""
     deadline = datetime.now(UTC) + timedelta(minutes=5)
-    # Every job type that exists so far; later analyses add their specs here.
-    return [JobSpec(analysis="inventory", dataset="customers", purpose="research", deadline=deadline)]
+
+    def dp(analysis: str, **params: ParamValue) -> JobSpec:
+        return JobSpec(
+            analysis=analysis,
+            dataset="customers",
+            purpose="research",
+            epsilon=EPSILON,
+            delta=DELTA,
+            params=params,
+            deadline=deadline,
+        )
+
+    spend: dict[str, ParamValue] = {"field": "monthly_spend", "lower": 0.0, "upper": 300.0}
+    return [
+        JobSpec(analysis="inventory", dataset="customers", purpose="research", deadline=deadline),
+        dp("count", group_by="region", groups=REGIONS),
+        dp("sum", group_by="region", groups=REGIONS, **spend),
+        dp("mean", **spend),
+        dp("histogram", bins=12, **spend),
+        dp("quantiles", bins=60, levels=(0.25, 0.5, 0.75), **spend),
+    ]
 
 
 @friendly_errors
@@ -196,6 +221,7 @@ def demo(
     console.print(f"  dev PKI: consortium CA, coordinator, {nodes} node and 2 analyst certificates")
 
     templates = policies_dir()
+    partners: dict[str, tuple[Policy, Path]] = {}  # demo only: to show the true values
     for index, name in enumerate(names):
         base = BASE_PARTNERS[index % len(BASE_PARTNERS)]
         doc = yaml.safe_load((templates / f"{base}.yaml").read_text())
@@ -207,6 +233,7 @@ def demo(
         (node_dir / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         policy = load_policy(node_dir / "policy.yaml")
         write_customers(policy, "customers", node_dir / "raw" / "customers.csv", rows=rows, seed=seed + index)
+        partners[name] = (policy, node_dir / "raw" / "customers.csv")
     console.print(f"  policies and synthetic data ({rows} customers each) written")
 
     procs: list[_Proc] = []
@@ -270,7 +297,7 @@ def demo(
         with AnalystClient.from_pki(address, pki, ANALYST) as client:
             _wait_enrolled(client, names, procs, timeout)
             console.print(f"  {nodes} nodes enrolled: {', '.join(names)}")
-            for spec in _job_specs(names):
+            for spec in _job_specs():
                 try:
                     doc = _run_job(client, spec, timeout)
                 except TesseraError as exc:
@@ -282,6 +309,8 @@ def demo(
                         "error": exc.message,
                         "job_id": "",
                     }
+                if doc["status"] == JobState.SUCCEEDED.value and spec.analysis != "inventory":
+                    add_truth(doc["result"], spec, partners)
                 results.append(doc)
                 failed |= doc["status"] != JobState.SUCCEEDED.value
             node_list = [

@@ -163,8 +163,60 @@ def render_result(doc: dict[str, Any]) -> None:
                     if any(f["tier"] == tier for f in dataset["fields"])
                 ]
                 console.print(f"    {dataset['name']}: " + " | ".join(groups), highlight=False)
+    elif result_doc.get("cells") is not None:
+        render_dp(result_doc)
     elif result_doc:
         console.print_json(json.dumps(result_doc))
+
+
+def _estimate(value: Any) -> str:
+    if not isinstance(value, dict):
+        return "-"
+    low, high = value["ci95"]
+    return f"{value['value']:,.1f} [{low:,.1f}, {high:,.1f}]"
+
+
+def render_dp(doc: dict[str, Any]) -> None:
+    """One row per released cell: estimate with its 95% interval (and, in the demo, the truth)."""
+    field = f" of {doc['field']}" if doc.get("field") else ""
+    by = f" by {doc['group_by']}" if doc.get("group_by") else ""
+    console.print(
+        f"  {doc['analysis']}{field}{by}: ε={doc['epsilon']:g}, δ={doc['delta']:g}, "
+        f"{doc.get('summands', '?')} node(s), cells under {doc.get('min_cohort_size')} suppressed",
+        highlight=False,
+    )
+    keys = [k for k in ("count", "sum", "mean") if any(isinstance(c.get(k), dict) for c in doc["cells"])]
+    with_truth = any("true" in c for c in doc["cells"])
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("cell")
+    for key in keys:
+        table.add_column(f"{key} [95% interval]", justify="right")
+        if with_truth:
+            table.add_column(f"true {key}", justify="right")
+    for cell in doc["cells"]:
+        label = str(cell.get("group", ""))
+        if cell.get("bin"):
+            label = f"{label} {cell['bin']}" if label != "all" else str(cell["bin"])
+        row = [label]
+        for key in keys:
+            row.append("suppressed" if cell.get("suppressed") else _estimate(cell.get(key)))
+            if with_truth:
+                true = (cell.get("true") or {}).get(key)
+                row.append("-" if true is None else f"{true:,.1f}")
+        table.add_row(*row)
+    console.print(table)
+    true_quantiles = (doc.get("true") or {}).get("quantiles") or []
+    for i, q in enumerate(doc.get("quantiles") or []):
+        truth = f", true {true_quantiles[i]:,.1f}" if i < len(true_quantiles) else ""
+        low, high = q["ci95"]
+        console.print(
+            f"  quantile {q['level']:g}: {q['value']:,.1f} [{low:,.1f}, {high:,.1f}]{truth}", highlight=False
+        )
+    if "coverage" in doc:
+        cov = doc["coverage"]
+        console.print(
+            f"  {cov['inside_ci95']} of {cov['released']} released values lie inside their 95% interval"
+        )
 
 
 @app.command("list")
@@ -241,5 +293,49 @@ def audit(
     for e in entries:
         table.add_row(
             f"{e.at.ToDatetime():%Y-%m-%d %H:%M:%S}", e.actor, e.role, e.action, e.job_id, e.outcome
+        )
+    console.print(table)
+
+
+@friendly_errors
+def budget(
+    pki: PkiDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    coordinator: Coordinator = DEFAULT_COORDINATOR,
+    user: User = "analyst",
+) -> None:
+    """Privacy budget left per node and dataset (the coordinator's mirror; each node is the authority)."""
+    with _client(coordinator, pki, user) as client:
+        views = client.budgets()
+    rows = [
+        {
+            "node": v.node_id,
+            "dataset": v.dataset,
+            "period": v.period,
+            "epsilon_limit": v.epsilon_limit,
+            "epsilon_spent": round(v.epsilon_spent, 4),
+            "epsilon_left": round(v.epsilon_left, 4),
+            "releases": v.releases,
+            "epsilon_per_job": v.epsilon_per_job,
+            "delta": v.delta,
+        }
+        for v in views
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="privacy budget (ε composed in zCDP at each node's δ)")
+    for column in ("node", "dataset", "period", "ε per period", "ε spent", "ε left", "releases", "ε per job"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["node"]),
+            str(r["dataset"]),
+            str(r["period"]),
+            f"{r['epsilon_limit']:g}",
+            f"{r['epsilon_spent']:.3f}",
+            f"{r['epsilon_left']:.3f}",
+            str(r["releases"]),
+            f"{r['epsilon_per_job']:g}",
         )
     console.print(table)

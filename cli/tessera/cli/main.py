@@ -23,6 +23,7 @@ app.add_typer(node_cmd.app, name="node")
 app.add_typer(job_cmd.app, name="job")
 app.command("nodes")(job_cmd.nodes)
 app.command("audit")(job_cmd.audit)
+app.command("budget")(job_cmd.budget)
 app.command("demo")(demo.demo)
 
 

@@ -125,3 +125,18 @@ def _column(values: list[str], kind: str, name: str) -> np.ndarray:
                 out[i] = np.nan
         return out
     return np.array([v if v else None for v in values], dtype=object)
+
+
+def read_for_plan(source: DataSource, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """``source.read`` for an analysis plan; a plan that touches no field (a plain count) still
+    needs the number of rows, so one non-core column is read for its length only."""
+    if fields:
+        return source.read(dataset, fields)
+    schema = next((d for d in source.schemas() if d.name == dataset), None)
+    usable = [f.name for f in schema.fields if f.tier is not Tier.CORE_SENSITIVE] if schema else []
+    if not usable:
+        raise PolicyViolation(
+            f"dataset {dataset!r} has no field that may be counted on this node",
+            code="policy.unknown_dataset",
+        )
+    return source.read(dataset, usable[:1])

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tessera.client.budget import BudgetLedger, Reservation
-from tessera.client.datasource import DataSource
+from tessera.client.datasource import DataSource, read_for_plan
 from tessera.client.egress import EgressRecord
 from tessera.client.outgoing import Outgoing
 from tessera.core.analyses.registry import VectorAnalysis, get_vector_analysis
@@ -34,7 +34,7 @@ from tessera.core.policy import Policy, check_job
 from tessera.core.rounds import RoundSetup, analysis_spec
 from tessera.core.secagg import SecAggClient, codec
 from tessera.core.secagg.messages import ForwardedShares, KeyRoster, UnmaskRequest
-from tessera.core.types import JobSpec, Stage, Tier
+from tessera.core.types import JobSpec, Stage
 from tessera.v1 import node_pb2
 
 log = logging.getLogger("tessera.node.dp")
@@ -181,7 +181,7 @@ class DpRunner:
         if not isinstance(forwarded, ForwardedShares):
             raise InvalidRequest("the masked-input stage input is not a set of forwarded shares")
         plan, config = state.plan, state.client.config
-        columns = self.data.read(state.spec.dataset, plan.fields or self._row_marker(state.spec.dataset))
+        columns = read_for_plan(self.data, state.spec.dataset, plan.fields)
         rng = secure_generator()
         noisy = add_noise(plan, state.analysis.local_vector(plan, columns, rng=rng), rng=rng)
         vector = encode(noisy, bits=config.bits).astype(config.dtype)
@@ -234,14 +234,6 @@ class DpRunner:
             secagg=node_pb2.OpaqueStage(data=data, codec=f"secagg/v1/{stage.value}"),
         )
         return Outgoing(record=record, message=message, reservation=state.reservation if charged else None)
-
-    def _row_marker(self, dataset: str) -> tuple[str, ...]:
-        """A column read only for its length, when the plan touches no field (a plain count)."""
-        schema = next(d for d in self.data.schemas() if d.name == dataset)
-        usable = [f.name for f in schema.fields if f.tier is not Tier.CORE_SENSITIVE]
-        if not usable:
-            raise InvalidRequest(f"dataset {dataset!r} has no field that may be counted on this node")
-        return (usable[0],)
 
     def _verified_peer_keys(self, setup: RoundSetup) -> dict[str, ec.EllipticCurvePublicKey]:
         """Each participant's certificate key, after checking the CA issued it to that node."""

@@ -74,6 +74,11 @@ class AnalystServiceStub:
                 request_serializer=tessera_dot_v1_dot_analyst__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_analyst__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListBudgets = channel.unary_unary(
+                '/tessera.v1.AnalystService/ListBudgets',
+                request_serializer=tessera_dot_v1_dot_analyst__pb2.ListBudgetsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_analyst__pb2.ListBudgetsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServiceServicer:
@@ -128,6 +133,13 @@ class AnalystServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBudgets(self, request, context):
+        """The coordinator's mirror of every node's privacy budget (the node itself is the authority).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_AnalystServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=tessera_dot_v1_dot_analyst__pb2.ListAuditRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_analyst__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListBudgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBudgets,
+                    request_deserializer=tessera_dot_v1_dot_analyst__pb2.ListBudgetsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_analyst__pb2.ListBudgetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class AnalystService:
             '/tessera.v1.AnalystService/ListAudit',
             tessera_dot_v1_dot_analyst__pb2.ListAuditRequest.SerializeToString,
             tessera_dot_v1_dot_analyst__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBudgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.AnalystService/ListBudgets',
+            tessera_dot_v1_dot_analyst__pb2.ListBudgetsRequest.SerializeToString,
+            tessera_dot_v1_dot_analyst__pb2.ListBudgetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

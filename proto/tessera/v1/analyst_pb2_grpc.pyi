@@ -42,6 +42,8 @@ class AnalystServiceStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_analyst_pb2.CancelJobRequest, _analyst_pb2.Job]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_analyst_pb2.ListNodesRequest, _analyst_pb2.ListNodesResponse]
     ListAudit: _grpc.UnaryUnaryMultiCallable[_analyst_pb2.ListAuditRequest, _analyst_pb2.ListAuditResponse]
+    ListBudgets: _grpc.UnaryUnaryMultiCallable[_analyst_pb2.ListBudgetsRequest, _analyst_pb2.ListBudgetsResponse]
+    """The coordinator's mirror of every node's privacy budget (the node itself is the authority)."""
 
 @_typing.type_check_only
 class AnalystServiceAsyncStub(AnalystServiceStub):
@@ -55,6 +57,8 @@ class AnalystServiceAsyncStub(AnalystServiceStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_analyst_pb2.CancelJobRequest, _analyst_pb2.Job]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_analyst_pb2.ListNodesRequest, _analyst_pb2.ListNodesResponse]  # type: ignore[assignment]
     ListAudit: _aio.UnaryUnaryMultiCallable[_analyst_pb2.ListAuditRequest, _analyst_pb2.ListAuditResponse]  # type: ignore[assignment]
+    ListBudgets: _aio.UnaryUnaryMultiCallable[_analyst_pb2.ListBudgetsRequest, _analyst_pb2.ListBudgetsResponse]  # type: ignore[assignment]
+    """The coordinator's mirror of every node's privacy budget (the node itself is the authority)."""
 
 class AnalystServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -113,5 +117,13 @@ class AnalystServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analyst_pb2.ListAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analyst_pb2.ListAuditResponse, _abc.Awaitable[_analyst_pb2.ListAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListBudgets(
+        self,
+        request: _analyst_pb2.ListBudgetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analyst_pb2.ListBudgetsResponse, _abc.Awaitable[_analyst_pb2.ListBudgetsResponse]]:
+        """The coordinator's mirror of every node's privacy budget (the node itself is the authority)."""
 
 def add_AnalystServiceServicer_to_server(servicer: AnalystServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ from tessera.core import serde
 from tessera.core.errors import AuthError, TesseraError
 from tessera.core.grpc_status import abort
 from tessera.core.types import PeerIdentity, Stage
+from tessera.server.budget_mirror import budget_views
 from tessera.server.jobs import JobService
 from tessera.server.node_servicer import Identify
 from tessera.server.notifier import Notifier
@@ -164,6 +165,32 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
             entry.at.FromDatetime(a.at)
             out.append(entry)
         return analyst_pb2.ListAuditResponse(entries=out)
+
+    def ListBudgets(
+        self, request: analyst_pb2.ListBudgetsRequest, context: grpc.ServicerContext
+    ) -> analyst_pb2.ListBudgetsResponse:
+        try:
+            self._analyst(context)
+            views = budget_views(self.jobs.store, self.jobs.nodes(), now=self.jobs.clock())
+        except TesseraError as exc:
+            abort(context, exc)
+        return analyst_pb2.ListBudgetsResponse(
+            budgets=[
+                analyst_pb2.BudgetView(
+                    node_id=v.node_id,
+                    dataset=v.dataset,
+                    period=f"{v.period_days}d",
+                    epsilon_limit=v.epsilon_limit,
+                    epsilon_spent=v.epsilon_spent,
+                    epsilon_left=v.epsilon_left,
+                    rho_spent=v.rho_spent,
+                    releases=v.releases,
+                    delta=v.delta,
+                    epsilon_per_job=v.epsilon_per_job,
+                )
+                for v in views
+            ]
+        )
 
     def _job_pb(self, job: JobRecord, *, with_vetoes: bool = True) -> analyst_pb2.Job:
         msg = analyst_pb2.Job(

@@ -26,6 +26,7 @@ from tessera.core.analyses.vector import bits_for
 from tessera.core.errors import AuthError, Conflict, InvalidRequest, NotFound, TesseraError
 from tessera.core.rounds import SPARSE_FROM, RoundSetup, analysis_spec, round_param
 from tessera.core.types import FieldSchema, JobSpec, JobState, PeerIdentity, Stage, Veto
+from tessera.server.budget_mirror import budget_views
 from tessera.server.clock import Clock
 from tessera.server.dp_round import DpRound, NextStage
 from tessera.server.notifier import Notifier
@@ -120,10 +121,19 @@ class JobService:
         # Refuse hopeless jobs early, from the policy summaries the nodes published; each node
         # still checks the job against its own policy and may veto.
         willing = [n for n in chosen if _summary_allows(n, spec, info)]
+        if info.differentially_private:
+            views = {(v.node_id, v.dataset): v for v in budget_views(self.store, willing, now=self.clock())}
+            willing = [
+                n
+                for n in willing
+                if (n.node_id, spec.dataset) not in views
+                or views[(n.node_id, spec.dataset)].admits(epsilon=spec.epsilon, delta=spec.delta)
+            ]
         if len(willing) < needed:
             raise Conflict(
                 f"only {len(willing)} of {len(chosen)} node(s) allow analysis {spec.analysis!r} for purpose "
-                f"{spec.purpose!r} at epsilon {spec.epsilon:g}, and at least {needed} are needed"
+                f"{spec.purpose!r} at epsilon {spec.epsilon:g} with the budget they have left, and at least "
+                f"{needed} are needed"
             )
         return sorted(chosen, key=lambda n: n.node_id)
 

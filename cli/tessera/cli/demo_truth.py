@@ -1,0 +1,70 @@
+"""Demo only: the true values beside each DP release, computed from the raw partner CSVs.
+
+The demo made the partners' data, so it can compute what no real participant could: the exact,
+noiseless answer. It runs the same analysis code on the same columns and puts a ``true`` value
+next to every released cell, so coverage of the 95% intervals can be checked from results.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tessera.client.datasource import CsvDataSource, read_for_plan
+from tessera.core.analyses.registry import get_vector_analysis
+from tessera.core.policy import Policy
+from tessera.core.rounds import analysis_spec
+from tessera.core.types import JobSpec
+
+
+def add_truth(
+    doc: dict[str, Any], spec: JobSpec, partners: Mapping[str, tuple[Policy, Path]]
+) -> dict[str, Any]:
+    """``doc`` (a released result) with ``true`` values merged into its cells, and a coverage line."""
+    analysis = get_vector_analysis(spec.analysis)
+    survivors = [n for n in doc.get("survivors", partners) if n in partners]
+    sources = [CsvDataSource({spec.dataset: partners[n][1]}, partners[n][0]) for n in survivors]
+    schema = next(d for d in sources[0].schemas() if d.name == spec.dataset)
+    plan = analysis.plan(
+        analysis_spec(spec),
+        {f.name: f for f in schema.fields},
+        survivors_t=len(survivors),
+        n_nodes=len(survivors),
+    )
+    truth = sum(
+        (analysis.exact(plan, read_for_plan(src, spec.dataset, plan.fields)) for src in sources),
+        start=np.zeros(plan.length),
+    )
+    reference = analysis.release(
+        plan, np.zeros(plan.length, dtype=np.int64), summands=len(survivors), min_cohort_size=0, truth=truth
+    )
+    if "true" in reference:
+        doc["true"] = reference["true"]
+    for cell, ref in zip(doc.get("cells", []), reference.get("cells", []), strict=False):
+        if "true" in ref:
+            cell["true"] = ref["true"]
+    doc["coverage"] = coverage(doc.get("cells", []))
+    return doc
+
+
+def coverage(cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many released (unsuppressed) values have their true value inside their 95% interval."""
+    inside = released = 0
+    for cell in cells:
+        if cell.get("suppressed") or "true" not in cell:
+            continue
+        for key, estimate in cell.items():
+            true = cell["true"].get(key) if isinstance(cell["true"], Mapping) else None
+            if (
+                not isinstance(estimate, Mapping)
+                or "ci95" not in estimate
+                or not isinstance(true, int | float)
+            ):
+                continue
+            low, high = estimate["ci95"]
+            released += 1
+            inside += int(low <= true <= high)
+    return {"released": released, "inside_ci95": inside}

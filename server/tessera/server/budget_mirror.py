@@ -1,0 +1,82 @@
+"""The coordinator's mirror of the nodes' privacy budgets, for planning and for refusing hopeless
+jobs early. Each node's own ledger is the authority and vetoes on its own; this mirror only
+reads what the coordinator saw released: the ρ of each succeeded DP job, charged to the nodes
+whose masked input was in the sum, composed per node and dataset over the node's rolling period.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from tessera.core.dp import rho_for, rho_to_epsilon
+from tessera.core.types import JobState
+from tessera.server.store import NodeRecord, SqlStore
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    node_id: str
+    dataset: str
+    period_days: int
+    epsilon_limit: float
+    epsilon_per_job: float
+    delta: float
+    rho_spent: float
+    releases: int
+
+    @property
+    def epsilon_spent(self) -> float:
+        return rho_to_epsilon(self.rho_spent, delta=self.delta) if self.rho_spent > 0 else 0.0
+
+    @property
+    def epsilon_left(self) -> float:
+        return max(0.0, self.epsilon_limit - self.epsilon_spent)
+
+    def admits(self, *, epsilon: float, delta: float) -> bool:
+        """Whether a further release at (ε, δ) still fits the period, as far as the mirror knows."""
+        if epsilon <= 0 or delta <= 0:
+            return True
+        rho = self.rho_spent + rho_for(epsilon=epsilon, delta=delta)
+        return rho_to_epsilon(rho, delta=self.delta) <= self.epsilon_limit * (1 + 1e-9)
+
+
+def _period_days(node: NodeRecord) -> int:
+    text = node.policy.period.strip().lower()
+    return int(text[:-1]) if text.endswith("d") and text[:-1].isdigit() else 30
+
+
+def budget_views(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime) -> list[BudgetView]:
+    """One view per (node, dataset the node publishes)."""
+    longest = max((_period_days(n) for n in nodes), default=30)
+    spent: dict[tuple[str, str], list[tuple[datetime, float]]] = {}
+    for job in store.list_jobs(limit=100_000, states=(JobState.SUCCEEDED,)):
+        if job.updated_at < now - timedelta(days=longest) or not job.result_json or job.spec.epsilon <= 0:
+            continue
+        result = json.loads(job.result_json)
+        rho = float(result.get("rho", 0.0))
+        for node_id in result.get("survivors", []):
+            spent.setdefault((node_id, job.spec.dataset), []).append((job.updated_at, rho))
+    views = []
+    for node in nodes:
+        days = _period_days(node)
+        for dataset in sorted(d.name for d in node.datasets):
+            charges = [
+                rho for at, rho in spent.get((node.node_id, dataset), []) if at >= now - timedelta(days=days)
+            ]
+            views.append(
+                BudgetView(
+                    node_id=node.node_id,
+                    dataset=dataset,
+                    period_days=days,
+                    epsilon_limit=node.policy.epsilon_per_period,
+                    epsilon_per_job=node.policy.epsilon_per_job,
+                    delta=node.policy.delta if node.policy.delta > 0 else 1e-9,
+                    rho_spent=math.fsum(charges),
+                    releases=len(charges),
+                )
+            )
+    return views
