@@ -64,6 +64,8 @@ def test_count_by_region_is_released_charged_and_recorded(fed: Federation) -> No
     assert sorted(result["survivors"]) == ["bank", "retailer", "telco"]
     cells = {c["group"]: c for c in result["cells"]}
     assert set(cells) == {*regions, "other"}
+    # Nobody lives in "other": its noisy count falls below the minimum cohort and is withheld.
+    assert cells["other"]["suppressed"] is True and cells["other"]["count"] is None
     total = sum(c["count"]["value"] or 0 for c in cells.values() if not c["suppressed"])
     assert abs(total - 900) < 150  # 900 customers; six cells of noise with sd ~11 each
     for name in ("bank", "telco", "retailer"):
@@ -73,7 +75,7 @@ def test_count_by_region_is_released_charged_and_recorded(fed: Federation) -> No
         assert fed.ledgers(name).egress.verify().ok
 
 
-@pytest.mark.parametrize("stage", ["share_keys", "masked_input", "unmask"])
+@pytest.mark.parametrize("stage", ["advertise_keys", "share_keys", "masked_input", "unmask"])
 def test_a_node_dropping_at_any_stage_still_gives_the_right_sum(fed: Federation, stage: str) -> None:
     _start(fed, tuple(NODES), drop={"stranger": stage})
     doc = _run(fed, _count(max_dropouts=1))
