@@ -55,6 +55,12 @@ def test_inventory_reports_every_node_schema_and_never_values(fed: Federation) -
     assert bank_fields["email"] == "core_sensitive"
     assert bank_fields["region"] == "non_sensitive"
     assert nodes["bank"]["policy"]["policy_hash"] == fed.policy("bank").policy_hash
+    # What left each node is on its egress ledger, chained, with no privacy charge.
+    for name in PARTNERS:
+        ledger = fed.ledgers(name).egress
+        entries = [e for e in ledger.entries() if e.record.job_id == doc["job_id"]]
+        assert [e.record.stage for e in entries] == ["local_report"] and entries[0].record.rho == 0
+        assert ledger.verify().ok
     # No value and no row count of any node's data appears in the result.
     text = json.dumps(doc)
     for name in PARTNERS:
