@@ -36,7 +36,7 @@ from tessera.core.dp import (
     rho_for,
 )
 from tessera.core.dp import decode as _dp_decode
-from tessera.core.dp import encode as _dp_encode
+from tessera.core.dp import encode_words as _dp_encode_words
 from tessera.core.dp.accounting import distributed_gaussian_rho
 from tessera.core.errors import InvalidRequest, PolicyViolation
 from tessera.core.types import FieldSchema, JobSpec, Stage, Tier
@@ -191,7 +191,9 @@ def _check_vector(plan: VectorPlan, vector: npt.ArrayLike) -> IntArray:
 
 def add_noise(plan: VectorPlan, vector: npt.ArrayLike, *, rng: np.random.Generator) -> IntArray:
     """This node's noise share, per part: ``N_Z(0, σ²/t)`` so any ``t`` shares carry ``N_Z(0, σ²)``."""
-    vec = _check_vector(plan, vector).copy()
+    vec = _check_vector(plan, vector)
+    if np.may_share_memory(vec, vector):
+        vec = vec.copy()  # never write into the caller's array (the check usually copies already)
     for part in plan.parts:
         vec[part.start : part.stop] = distributed_gaussian_share(
             vec[part.start : part.stop], sigma_total=part.sigma, survivors_t=plan.survivors_t, rng=rng
@@ -230,7 +232,8 @@ def bits_for(plan: VectorPlan, *, max_customers: int) -> int:
 
 def encode(vector_int: npt.ArrayLike, *, bits: int) -> npt.NDArray[np.uint64]:
     """Signed int64 -> Z_2^bits as a uint64 array. Raises ``QuantisationOverflow`` if out of range."""
-    return np.asarray(_dp_encode(vector_int, bits=bits)).astype(np.uint64)
+    # Straight into uint64 words: one cast and one mask, no uint32 intermediate.
+    return np.asarray(_dp_encode_words(vector_int, bits=bits, word=np.uint64), dtype=np.uint64)
 
 
 def decode(total: npt.ArrayLike, *, bits: int) -> IntArray:

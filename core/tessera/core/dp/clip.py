@@ -55,13 +55,24 @@ class Clipped:
     sensitivity: Sensitivity
 
 
-def _rows(rows: npt.ArrayLike) -> FloatArray:
+def _all_finite(array: FloatArray) -> bool:
+    """True iff every value is finite; one summing pass and no full-size temporary.
+
+    Any NaN or ±inf makes the sum non-finite; a finite array whose sum overflows falls back to the
+    exact (slower) element test, so the answer is always exact.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.add.reduce(array, axis=None))
+    return math.isfinite(total) or bool(np.all(np.isfinite(array)))
+
+
+def _rows(rows: npt.ArrayLike, *, check_finite: bool = True) -> FloatArray:
     array = np.asarray(rows, dtype=np.float64)
     if array.ndim == 1:
         array = array.reshape(-1, 1)
     if array.ndim != 2:
         raise DpParameterError("rows must be a 2-D array of shape (customers, dimensions)")
-    if not np.all(np.isfinite(array)):
+    if check_finite and not _all_finite(array):
         # NaN would slip through np.clip and poison the whole sum.
         raise DpParameterError("rows contain a non-finite value")
     return array
@@ -84,10 +95,13 @@ def clip_coordinates(
 
     Bounds are scalars or one value per column. Sensitivity of the column sum: a row contributes at
     most ``m_j = max(|lower_j|, |upper_j|)`` to coordinate ``j`` (add/remove) or ``upper_j - lower_j``
-    (replace); L1/L2/L∞ are the norms of that vector. Cost: one pass over the array.
+    (replace); L1/L2/L∞ are the norms of that vector. Cost: a summing pass (finiteness) and one
+    clipping pass; scalar bounds take a closed form for the sensitivity.
     """
     factor = _factor(neighbouring)
     array = _rows(rows)
+    if np.ndim(lower) == 0 and np.ndim(upper) == 0:
+        return _clip_scalar(array, lower=lower, upper=upper, factor=factor)
     try:
         lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), (array.shape[1],))
         hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), (array.shape[1],))
@@ -101,6 +115,31 @@ def clip_coordinates(
         l1=float(np.sum(reach)),
         l2=float(np.sqrt(np.sum(reach * reach))),
         linf=float(np.max(reach, initial=0.0)),
+        rows_changed=factor,
+    )
+    return Clipped(values=clipped, sensitivity=sens)
+
+
+def _clip_scalar(array: FloatArray, *, lower: npt.ArrayLike, upper: npt.ArrayLike, factor: int) -> Clipped:
+    """The same bounds for every column: closed-form sensitivity, one clipping pass.
+
+    Every column has the same reach ``m``, so L1 = d·m, L2 = sqrt(d·m²) (= m·sqrt(d) when m² would
+    overflow) and L∞ = m: no per-column vectors of bounds are built.
+    """
+    try:
+        lo, hi = float(np.asarray(lower, dtype=np.float64)), float(np.asarray(upper, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise DpParameterError("clip bounds must be scalars or one value per column") from exc
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise DpParameterError("clip bounds must be finite with lower <= upper")
+    clipped = np.clip(array, lo, hi, out=np.empty_like(array))
+    dim = array.shape[1]
+    reach = hi - lo if factor == 2 else max(abs(lo), abs(hi))
+    square = dim * reach * reach
+    sens = Sensitivity(
+        l1=dim * reach,
+        l2=math.sqrt(square) if math.isfinite(square) else reach * math.sqrt(dim),
+        linf=reach if dim else 0.0,
         rows_changed=factor,
     )
     return Clipped(values=clipped, sensitivity=sens)
@@ -120,8 +159,14 @@ def clip_l2(
     factor = _factor(neighbouring)
     if not math.isfinite(bound) or bound <= 0:
         raise DpParameterError("the L2 clip bound must be a positive finite number")
-    array = _rows(rows)
-    norms = np.sqrt(np.einsum("ij,ij->i", array, array))
+    array = _rows(rows, check_finite=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", array, array))
+        norms_finite = math.isfinite(float(np.add.reduce(norms)))
+    # A NaN or ±inf makes its row's norm non-finite, so the norms stand in for a separate finiteness
+    # pass; only when one is not finite (or a huge finite row overflowed) is every value examined.
+    if not norms_finite and not np.all(np.isfinite(array)):
+        raise DpParameterError("rows contain a non-finite value")
     # Rows with norm 0 would divide by zero; max() with the bound leaves them (and all short rows) alone.
     shrink = bound / np.maximum(norms, bound)
     clipped = array * shrink[:, None]

@@ -26,17 +26,25 @@ def _vector(vector_int: npt.ArrayLike) -> IntArray:
     vec = np.asarray(vector_int)
     if vec.dtype.kind not in "iu":
         raise DpParameterError("noise shares are added to integer vectors only (quantise first)")
-    return vec.astype(np.int64)
+    # No copy for int64 input: callers get a fresh array from the in-place add below.
+    return vec.astype(np.int64, copy=False)
 
 
 def distributed_gaussian_share(
     vector_int: npt.ArrayLike, *, sigma_total: float, survivors_t: int, rng: np.random.Generator
 ) -> IntArray:
-    """``vector + N_Z(0, σ²/t)`` per coordinate: any ``t`` such shares carry ``≈ N_Z(0, σ²)``."""
+    """``vector + N_Z(0, σ²/t)`` per coordinate: any ``t`` such shares carry ``≈ N_Z(0, σ²)``.
+
+    Returns a new array (the input is never modified). Cost: ~20 ns per coordinate for large σ
+    (``noise.discrete_gaussian``) plus one add.
+    """
     vec = _vector(vector_int)
-    return vec + noise.discrete_gaussian_share(
+    noisy = noise.discrete_gaussian_share(
         sigma_total=sigma_total, survivors_t=survivors_t, size=vec.shape, rng=rng
     )
+    # The noise array is fresh, so adding into it saves one full-size temporary.
+    np.add(noisy, vec, out=noisy)
+    return noisy
 
 
 def skellam_share(

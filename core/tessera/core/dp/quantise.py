@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,8 @@ UIntArray = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
 MIN_BITS, MAX_BITS = 2, 64
 # |x * scale| must stay well inside int64 and inside the float64 integer range (2^53).
 _MAX_ABS_SCALED = float(2**52)
+# Elements per chunk of stochastic rounding: its four scratch buffers (800 KiB) stay in L2 cache.
+_CHUNK = 1 << 15
 
 
 def _check_bits(bits: int) -> int:
@@ -59,17 +62,34 @@ def fixed_point_scale(*, clip_bound: float, value_bits: int) -> float:
 def stochastic_round(values: npt.ArrayLike, *, scale: float, rng: np.random.Generator) -> IntArray:
     """Return integers ``q`` with ``E[q] = values * scale`` exactly (unbiased) and ``|q - x·s| < 1``.
 
-    ``q = floor(y) + Bernoulli(y - floor(y))`` with ``y = values * scale``. Cost: one uniform per
-    element.
+    ``q = floor(y) + Bernoulli(y - floor(y))`` with ``y = values * scale``; the Bernoulli is
+    ``[U < y - floor(y)]`` for a float64 uniform ``U`` (``y - floor(y)`` is exact in float64).
+    Raises ``QuantisationOverflow`` when a scaled value is not finite or ``|y| >= 2^52``.
+    Cost: one uniform per element; the passes run in L2-sized chunks into the output array, so the
+    only full-size allocation is the result (about 5 ns per element, most of it the uniforms).
     """
     if not math.isfinite(scale) or scale <= 0:
         raise DpParameterError("scale must be a positive finite number")
-    scaled = np.asarray(values, dtype=np.float64) * scale
-    if not np.all(np.isfinite(scaled)) or np.any(np.abs(scaled) >= _MAX_ABS_SCALED):
-        raise QuantisationOverflow("a scaled value is not finite or exceeds 2^52; lower the scale")
-    low = np.floor(scaled)
-    up = rng.random(scaled.shape) < (scaled - low)
-    return low.astype(np.int64) + up.astype(np.int64)
+    src = np.asarray(values, dtype=np.float64)
+    flat = src.reshape(-1)  # a view for contiguous input
+    out = np.empty(flat.size, dtype=np.int64)
+    cap = min(_CHUNK, flat.size)
+    bufs = np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap, dtype=np.bool_)
+    for begin in range(0, flat.size, _CHUNK):
+        stop = min(begin + _CHUNK, flat.size)
+        n = stop - begin
+        y, low, u, up = bufs[0][:n], bufs[1][:n], bufs[2][:n], bufs[3][:n]
+        np.multiply(flat[begin:stop], scale, out=y)
+        # min/max propagate NaN, and a NaN makes both comparisons false: one test covers all cases.
+        if not (float(y.min()) > -_MAX_ABS_SCALED and float(y.max()) < _MAX_ABS_SCALED):
+            raise QuantisationOverflow("a scaled value is not finite or exceeds 2^52; lower the scale")
+        np.floor(y, out=low)
+        np.subtract(y, low, out=y)  # the fraction in [0, 1), exact in float64
+        rng.random(out=u)
+        np.less(u, y, out=up)
+        # low + up is an integer below 2^52 in magnitude, so the cast into the output is exact.
+        np.add(low, up, out=out[begin:stop], casting="unsafe")
+    return out.reshape(src.shape)
 
 
 def integer_sensitivity(
@@ -119,7 +139,9 @@ def quantise_sum(
     sens = integer_sensitivity(
         clipped.sensitivity, scale=scale, dim=rows.shape[1], integral_inputs=integral_inputs
     )
-    return QuantisedSum(values=quantised.sum(axis=0, dtype=np.int64), sensitivity=sens, scale=scale)
+    # One customer row (a model update, say) is its own sum: skip the full-size summing pass.
+    total = quantised[0] if rows.shape[0] == 1 else quantised.sum(axis=0, dtype=np.int64)
+    return QuantisedSum(values=total, sensitivity=sens, scale=scale)
 
 
 def dequantise(values: npt.ArrayLike, *, scale: float) -> npt.NDArray[np.float64]:
@@ -134,18 +156,33 @@ def signed_range(bits: int) -> tuple[int, int]:
 
 
 def encode(values: npt.ArrayLike, *, bits: int) -> UIntArray:
-    """Encode signed integers into Z_2^k (two's complement). Raises ``QuantisationOverflow``."""
+    """Encode signed integers into Z_2^k (two's complement). Raises ``QuantisationOverflow``.
+
+    Returns ``uint32`` words for ``k <= 32`` and ``uint64`` words above (see ``encode_words``).
+    """
+    return encode_words(values, bits=bits, word=np.uint32 if _check_bits(bits) <= 32 else np.uint64)
+
+
+def encode_words(values: npt.ArrayLike, *, bits: int, word: type[np.unsignedinteger[Any]]) -> UIntArray:
+    """``encode`` into words of type ``word`` (``np.uint32`` needs ``k <= 32``; ``np.uint64`` any k).
+
+    The range test is two reductions; the coding itself is one cast (integer to unsigned
+    conversion keeps the value modulo 2^w, i.e. the two's-complement bits) plus, when ``k`` is
+    below the word size, one in-place mask. Always returns a new array.
+    """
     lo, hi = signed_range(bits)
+    dtype = np.dtype(word)
+    if dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)) or bits > 8 * dtype.itemsize:
+        raise DpParameterError("words must be uint32 (bits <= 32) or uint64")
     ints = np.asarray(values)
     if ints.dtype.kind not in "iu":
         raise DpParameterError("only integer arrays can be encoded")
     if ints.size and (int(ints.min()) < lo or int(ints.max()) > hi):
         raise QuantisationOverflow(f"a value does not fit {bits}-bit two's complement")
-    wrapped = ints.astype(np.int64).view(np.uint64)
-    if bits == 64:
-        return wrapped
-    masked = wrapped & np.uint64((1 << bits) - 1)
-    return masked.astype(np.uint32) if bits <= 32 else masked
+    words = ints.astype(dtype)
+    if bits < 8 * dtype.itemsize:
+        np.bitwise_and(words, dtype.type((1 << bits) - 1), out=words)
+    return words
 
 
 def modular_sum(encoded: Sequence[npt.ArrayLike], *, bits: int) -> UIntArray:
@@ -164,7 +201,10 @@ def modular_sum(encoded: Sequence[npt.ArrayLike], *, bits: int) -> UIntArray:
 
 
 def decode(total: npt.ArrayLike, *, bits: int) -> IntArray:
-    """Read a sum modulo 2^k back as signed integers in ``signed_range(bits)``."""
+    """Read a sum modulo 2^k back as signed integers in ``signed_range(bits)``.
+
+    Cost: one copy into int64 words and two in-place passes (mask, sign extension).
+    """
     _check_bits(bits)
     raw = np.asarray(total)
     if raw.dtype.kind != "u":
@@ -172,6 +212,10 @@ def decode(total: npt.ArrayLike, *, bits: int) -> IntArray:
     word = raw.astype(np.uint64)
     if bits == 64:
         return word.view(np.int64)
-    word &= np.uint64((1 << bits) - 1)
-    signed = word.astype(np.int64)
-    return signed - ((signed >> (bits - 1)) << bits)
+    np.bitwise_and(word, np.uint64((1 << bits) - 1), out=word)
+    # Sign extension: for w in [0, 2^k), (w XOR 2^(k-1)) - 2^(k-1) is w below 2^(k-1), else w - 2^k.
+    signed = word.view(np.int64)
+    half = np.int64(1 << (bits - 1))
+    np.bitwise_xor(signed, half, out=signed)
+    np.subtract(signed, half, out=signed)
+    return signed
