@@ -6,14 +6,12 @@ whose masked input was in the sum, composed per node and dataset over the node's
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tessera.core.dp import rho_for, rho_to_epsilon
-from tessera.core.types import JobState
 from tessera.server.store import NodeRecord, SqlStore
 
 
@@ -53,13 +51,9 @@ def budget_views(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime)
     """One view per (node, dataset the node publishes)."""
     longest = max((_period_days(n) for n in nodes), default=30)
     spent: dict[tuple[str, str], list[tuple[datetime, float]]] = {}
-    for job in store.list_jobs(limit=100_000, states=(JobState.SUCCEEDED,)):
-        if job.updated_at < now - timedelta(days=longest) or not job.result_json or job.spec.epsilon <= 0:
-            continue
-        result = json.loads(job.result_json)
-        rho = float(result.get("rho", 0.0))
-        for node_id in result.get("survivors", []):
-            spent.setdefault((node_id, job.spec.dataset), []).append((job.updated_at, rho))
+    for dataset, at, rho, charged in store.released_charges(since=now - timedelta(days=longest)):
+        for node_id in charged:
+            spent.setdefault((node_id, dataset), []).append((at, rho))
     views = []
     for node in nodes:
         days = _period_days(node)

@@ -183,7 +183,7 @@ class JobService:
             bits=bits_for(plan, max_customers=max_customers),
             length=plan.length,
             certificates=tuple((node.node_id, node.cert_pem) for node in nodes),
-            graph_seed=os.urandom(16).hex() if n >= SPARSE_FROM else "",
+            graph_seed=os.urandom(32).hex() if n >= SPARSE_FROM else "",
         )
         min_cohort = max(node.policy.min_cohort_size for node in nodes)
         self._rounds[job.job_id] = DpRound(setup, plan, analysis, min_cohort_size=min_cohort)
@@ -339,6 +339,8 @@ class JobService:
             now=now,
             state=JobState.SUCCEEDED,
             result_json=json.dumps(outcome.result, sort_keys=True),
+            released_rho=dp_round.plan.rho,
+            charged_nodes=outcome.survivors,
             status_detail=f"done: noisy sum of {len(outcome.survivors)} node(s)",
             event=f"succeeded: released the noisy sum of {len(outcome.survivors)} node(s)"
             + (f", {len(outcome.dropped)} dropped" if outcome.dropped else ""),

@@ -31,7 +31,11 @@ INFO = AnalysisInfo(
     stages=v.DP_STAGES,
     min_nodes=3,
 )
-MAX_BINS = 4096
+MAX_BINS = 1 << 20
+MAX_CELLS = 1 << 20
+# Above this many cells a result lists counts as one array with one shared interval instead of one
+# labelled cell each: a million labelled cells would be a 125 MB document.
+LABELLED_CELLS = 4096
 
 
 def edges(lower: float, upper: float, bins: int) -> tuple[float, ...]:
@@ -76,25 +80,24 @@ def plan_histogram(
         lower, upper = v.bounds(spec)
         default = 64 if numeric_only else None
         bins = v.int_param(spec, "bins", default=default, low=1, high=MAX_BINS)
-        bounds = edges(lower, upper, bins)
-        layout |= {
-            "kind": "numeric",
-            "lower": lower,
-            "upper": upper,
-            "edges": bounds,
-            "bins": bin_labels(bounds),
-        }
+        layout |= {"kind": "numeric", "lower": lower, "upper": upper, "nbins": bins}
+        if len(groups.labels) * bins <= LABELLED_CELLS:
+            bounds = edges(lower, upper, bins)
+            layout |= {"edges": bounds, "bins": bin_labels(bounds)}
+        elif analysis != INFO.name:
+            raise InvalidRequest(f"{analysis} takes at most {LABELLED_CELLS} cells; use fewer bins or groups")
     elif field.type in v.LABEL_TYPES:
         for name in ("lower", "upper", "bins"):
             if name in spec.params:
                 raise InvalidRequest(f"parameter {name!r} applies to numeric fields, not to category ones")
-        layout |= {"kind": "category", "bins": (*v.labels_param(spec, "categories"), v.OTHER)}
+        labels = (*v.labels_param(spec, "categories"), v.OTHER)
+        layout |= {"kind": "category", "bins": labels, "nbins": len(labels)}
     else:
         raise InvalidRequest("parameter 'field' must name a numeric, category or string field for histogram")
     layout |= dict(extra or {})
-    size = len(groups.labels) * len(layout["bins"])
-    if size > 1 << 16:
-        raise InvalidRequest("groups times bins exceeds 65536 cells; use fewer bins or groups")
+    size = len(groups.labels) * layout["nbins"]
+    if size > MAX_CELLS:
+        raise InvalidRequest(f"groups times bins exceeds {MAX_CELLS} cells; use fewer bins or groups")
     part = v.make_part("count", start=0, stop=size, scale=1.0, linf_bound=1, rho=rho, survivors_t=survivors_t)
     touched = (field.name,) if groups.field in (None, field.name) else (field.name, groups.field)
     return v.VectorPlan(
@@ -115,7 +118,7 @@ def plan_histogram(
 def cell_index(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.IntArray:
     """Cell ``g·B + b`` of every customer with a value (customers without one are dropped)."""
     layout = plan.layout
-    nbins = len(layout["bins"])
+    nbins = int(layout["nbins"])
     if layout["kind"] == "numeric":
         b = numeric_bins(
             v.numeric(data, layout["field"]), lower=layout["lower"], upper=layout["upper"], bins=nbins
@@ -157,6 +160,8 @@ def release(
     counts = v.check_total(plan, total, summands=summands)
     doc = v.header(plan, summands=summands, min_cohort_size=min_cohort_size)
     half = v.half_width(plan, plan.part("count"), summands=summands)
+    if "bins" not in plan.layout:
+        return _compact(plan, doc, counts, half, min_cohort_size=min_cohort_size, truth=truth)
     labels = plan.layout["bins"]
     bounds = plan.layout.get("edges")
     exact_vec = None if truth is None else np.asarray(truth, dtype=np.float64)
@@ -171,4 +176,33 @@ def release(
             if exact_vec is not None:
                 cell["true"] = {"count": float(exact_vec[i])}
             doc["cells"].append(cell)
+    return doc
+
+
+def _compact(
+    plan: v.VectorPlan,
+    doc: dict[str, Any],
+    counts: Any,
+    half: float,
+    *,
+    min_cohort_size: int,
+    truth: Any | None,
+) -> dict[str, Any]:
+    """A large histogram: counts per cell (group-major) as one array, None where suppressed, and
+    the one 95% half-width every cell shares (same noise everywhere)."""
+    values = np.asarray(counts, dtype=np.float64)
+    released = values >= min_cohort_size
+    doc |= {
+        "lower": plan.layout["lower"],
+        "upper": plan.layout["upper"],
+        "nbins": plan.layout["nbins"],
+        "groups": list(plan.layout["groups"]),
+        "ci95_half_width": half,
+        "counts": [
+            float(x) if ok else None for x, ok in zip(values.tolist(), released.tolist(), strict=True)
+        ],
+        "suppressed_cells": int((~released).sum()),
+    }
+    if truth is not None:
+        doc["true_counts"] = np.asarray(truth, dtype=np.float64).tolist()
     return doc

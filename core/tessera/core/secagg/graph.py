@@ -142,10 +142,10 @@ def sparse_graph(
         raise ValueError("the graph seed is exactly 32 bytes")
     n = len(ordered)
     k = choose_degree(n, dropout=dropout) if degree is None else degree
+    if k >= n - 1:  # checked first: choose_degree answers n - 1 (odd or not) for "complete"
+        return complete_graph(ordered)
     if k < 2 or k % 2:
         raise ValueError("the sparse graph degree must be an even number of at least 2")
-    if k >= n - 1:
-        return complete_graph(ordered)
     ring = [ordered[i] for i in _permutation(n, seed)]
     neighbours: dict[str, set[str]] = {node: set() for node in ordered}
     for pos, node in enumerate(ring):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -43,6 +43,11 @@ class JobRow(Base):
     participants: Mapped[str] = mapped_column(Text, default="")  # comma-separated node ids
     result_json: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
+    # What a DP release cost, kept apart from the (possibly large) result so the budget mirror
+    # never has to parse results: the dataset, the ρ charged, and the nodes whose input was summed.
+    dataset: Mapped[str] = mapped_column(String(128), default="")
+    released_rho: Mapped[float] = mapped_column(Float, default=0.0)
+    charged_nodes: Mapped[str] = mapped_column(Text, default="")
 
 
 class TaskRow(Base):

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from tessera.core import serde
 from tessera.core.errors import Conflict, NotFound, StoreError, Unavailable
@@ -160,6 +160,9 @@ class SqlStore:
             participants="",
             result_json="",
             error="",
+            dataset=spec.dataset,
+            released_rho=0.0,
+            charged_nodes="",
         )
         with self._tx() as s:
             s.add(row)
@@ -173,11 +176,28 @@ class SqlStore:
             return self._job(self._job_row(s, job_id))
 
     def list_jobs(self, *, limit: int = 100, states: Iterable[JobState] | None = None) -> list[JobRecord]:
-        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        """Recent jobs without their results (a result may be megabytes; use ``get_job`` for one)."""
+        query = (
+            select(JobRow).options(defer(JobRow.result_json)).order_by(JobRow.created_at.desc()).limit(limit)
+        )
         if states is not None:
             query = query.where(JobRow.state.in_([st.value for st in states]))
         with self._tx() as s:
-            return [self._job(r) for r in s.scalars(query)]
+            return [self._job(r, with_result=False) for r in s.scalars(query)]
+
+    def released_charges(self, *, since: datetime) -> list[tuple[str, datetime, float, tuple[str, ...]]]:
+        """(dataset, time, ρ, charged nodes) of every DP release since ``since``."""
+        query = (
+            select(JobRow.dataset, JobRow.updated_at, JobRow.released_rho, JobRow.charged_nodes)
+            .where(JobRow.state == JobState.SUCCEEDED.value)
+            .where(JobRow.released_rho > 0)
+            .where(JobRow.updated_at >= since)
+        )
+        with self._tx() as s:
+            return [
+                (dataset, _utc(at), float(rho), tuple(n for n in nodes.split(",") if n))
+                for dataset, at, rho, nodes in s.execute(query)
+            ]
 
     def update_job(
         self,
@@ -190,6 +210,8 @@ class SqlStore:
         participants: Sequence[str] | None = None,
         result_json: str | None = None,
         error: str | None = None,
+        released_rho: float | None = None,
+        charged_nodes: Sequence[str] | None = None,
         event: str | None = None,
         stage: Stage | None = None,
         done: int = 0,
@@ -212,6 +234,10 @@ class SqlStore:
                 row.result_json = result_json
             if error is not None:
                 row.error = error
+            if released_rho is not None:
+                row.released_rho = released_rho
+            if charged_nodes is not None:
+                row.charged_nodes = ",".join(charged_nodes)
             row.updated_at = now
             if state is not None and JobState(row.state).terminal:
                 # Open tasks of an ended job must never be delivered again.
@@ -248,7 +274,7 @@ class SqlStore:
         return row
 
     @staticmethod
-    def _job(row: JobRow) -> JobRecord:
+    def _job(row: JobRow, *, with_result: bool = True) -> JobRecord:
         return JobRecord(
             job_id=row.job_id,
             spec=serde.job_spec_from_pb(common_pb2.JobSpec.FromString(row.spec_pb)),
@@ -259,7 +285,7 @@ class SqlStore:
             status_detail=row.status_detail,
             round=row.round,
             participants=tuple(p for p in row.participants.split(",") if p),
-            result_json=row.result_json,
+            result_json=row.result_json if with_result else "",
             error=row.error,
         )
 
