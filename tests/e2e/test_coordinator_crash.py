@@ -11,6 +11,7 @@ from processes import stop, tessera, wait_file
 
 from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.demo_data import write_customers
+from tessera.client.vault.state import init_node_state
 from tessera.core.errors import Unavailable
 from tessera.core.policy import load_policy
 from tessera.core.types import JobSpec, JobState
@@ -56,7 +57,9 @@ def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Pa
     def node(name: str, address: str) -> object:
         csv = tmp_path / name / "customers.csv"
         if not csv.exists():
-            write_customers(load_policy(POLICIES / f"{name}.yaml"), "customers", csv, rows=10, seed=1)
+            policy = load_policy(POLICIES / f"{name}.yaml")
+            write_customers(policy, "customers", csv, rows=10, seed=1)
+            init_node_state(tmp_path / name / "state", policy).close()
         return tessera(
             "node",
             "serve",

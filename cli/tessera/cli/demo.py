@@ -25,6 +25,10 @@ from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.demo_data import write_customers
 from tessera.cli.demo_truth import add_truth
 from tessera.cli.job_cmd import render_result
+from tessera.client.vault.ingest import Ingestor
+from tessera.client.vault.mapping import mapping_for_columns
+from tessera.client.vault.sources import CsvSource
+from tessera.client.vault.state import init_node_state
 from tessera.core.errors import ConfigError, TesseraError, Unavailable
 from tessera.core.pki import init_ca, issue
 from tessera.core.policy import Policy, load_policy
@@ -59,6 +63,20 @@ class _Proc:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+
+
+def ingest_raw(state_dir: Path, policy: Policy, raw: Path) -> int:
+    """`tessera node init` + `tessera node ingest` for one partner: the real ingestion path
+    (tiers from the policy, PII encrypted, One ID blind index); returns the customers in the vault."""
+    state = init_node_state(state_dir, policy)
+    try:
+        source = CsvSource(raw)
+        mapping = mapping_for_columns(policy, "customers", source.columns, default_region="GB")
+        Ingestor(state.handle(default_region="GB")).ingest(source, mapping)
+        state.audit("ingest", dataset="customers", source="demo")
+        return len(state.data_source.read("customers", ("region",))["region"])
+    finally:
+        state.close()
 
 
 def _prepare_out(out: Path) -> None:
@@ -232,9 +250,14 @@ def demo(
         node_dir.mkdir(parents=True)
         (node_dir / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         policy = load_policy(node_dir / "policy.yaml")
-        write_customers(policy, "customers", node_dir / "raw" / "customers.csv", rows=rows, seed=seed + index)
-        partners[name] = (policy, node_dir / "raw" / "customers.csv")
-    console.print(f"  policies and synthetic data ({rows} customers each) written")
+        raw = node_dir / "raw" / "customers.csv"
+        write_customers(policy, "customers", raw, rows=rows, seed=seed + index)
+        partners[name] = (policy, raw)
+        ingested = ingest_raw(node_dir / "state", policy, raw)
+    console.print(
+        f"  policies written; each partner's raw CSV ({rows} customers, realistic PII) ingested into its "
+        f"encrypted vault ({ingested} customers in the last)"
+    )
 
     procs: list[_Proc] = []
     results: list[dict[str, Any]] = []
@@ -284,8 +307,6 @@ def demo(
                         address,
                         "--policy",
                         str(node_dir / "policy.yaml"),
-                        "--data",
-                        f"customers={node_dir / 'raw' / 'customers.csv'}",
                         "--state-dir",
                         str(node_dir / "state"),
                         "--log-file",

@@ -38,7 +38,7 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
         "customer_id": lambda i: f"C{seed:03d}{i:07d}",
         "name": lambda i: fake.name(),
         "email": lambda i: fake.unique.email(),
-        "phone": lambda i: fake.unique.cellphone_number(),
+        "phone": lambda i: _phone(rng, i),
         "national_id": lambda i: fake.unique.ssn(),
         "signup_date": lambda i: (today - timedelta(days=rng.randint(30, 3650))).isoformat(),
         "tenure_months": lambda i: rng.randint(1, 120),
@@ -69,3 +69,10 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
         writer.writerow([name for name, _ in columns])
         for i in range(rows):
             writer.writerow([gen(i) for _, gen in columns])
+
+
+def _phone(rng: random.Random, i: int) -> str:
+    """A UK mobile number, unique per row (Faker's en_GB pool holds only 1,000 numbers, which One ID
+    would rightly merge), written the way exports mix formats: national or international."""
+    digits = f"{rng.randrange(10**5):05d}{i:04d}"  # the row number keeps every number distinct
+    return f"07{digits[:3]} {digits[3:]}" if i % 2 else f"+44 7{digits[:3]} {digits[3:]}"

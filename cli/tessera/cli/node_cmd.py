@@ -9,18 +9,21 @@ from typing import Annotated
 
 import typer
 
+from tessera.cli import vault_cmd
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
 from tessera.client.agent import NodeAgent, NodeConfig
-from tessera.client.datasource import CsvDataSource
-from tessera.client.db import node_engine
-from tessera.client.outgoing import open_ledgers
+from tessera.client.budget import BudgetLedger
+from tessera.client.datasource import CsvDataSource, DataSource
+from tessera.client.outgoing import NodeLedgers
+from tessera.client.vault.state import open_node_state
 from tessera.core.errors import ConfigError
 from tessera.core.logs import configure_logging
 from tessera.core.pki import TlsFiles, load_tls
 from tessera.core.policy import load_policy
 
 app = typer.Typer(help="Run a partner's node beside its data.", no_args_is_help=True)
+vault_cmd.register(app)  # init, ingest, quality, rotate-keys, purge, erase, lookup, egress
 
 
 def parse_data_options(values: list[str]) -> dict[str, Path]:
@@ -41,10 +44,19 @@ def serve(
     pki: PkiDir,
     name: Annotated[str, typer.Option(help="This node's certificate name under PKI/nodes/.")],
     policy: Annotated[Path, typer.Option(help="The node's policy file (YAML).")],
-    data: Annotated[list[str], typer.Option(help="A dataset as NAME=PATH to a CSV file; repeatable.")],
     state_dir: Annotated[
-        Path, typer.Option(help="The node's own folder: its ledgers (egress, budget) live here.")
+        Path,
+        typer.Option(
+            help="The node's folder made by `tessera node init`: vault, key, egress and budget ledgers."
+        ),
     ],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="Serve a CSV file as a dataset (NAME=PATH; repeatable) instead of the vault."),
+    ] = None,
+    db_url: Annotated[
+        str | None, typer.Option(help="The vault's database URL if not the SQLite file in --state-dir.")
+    ] = None,
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     log_file: LogFile = None,
     log_format: LogFormat = "text",
@@ -55,9 +67,16 @@ def serve(
     tls = TlsFiles.for_identity(pki, "node", name)
     load_tls(tls)
     loaded_policy = load_policy(policy)
-    source = CsvDataSource(parse_data_options(data), loaded_policy)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    ledgers = open_ledgers(node_engine(f"sqlite:///{state_dir / 'ledgers.db'}"), loaded_policy)
+    # The analyses read the vault (decrypting nothing); --data serves raw CSV files instead.
+    csv_source = CsvDataSource(parse_data_options(data), loaded_policy) if data else None
+    state = open_node_state(state_dir, loaded_policy, db_url=db_url)
+    source: DataSource = csv_source or state.data_source
+    ledgers = NodeLedgers(
+        egress=state.egress,
+        budget=BudgetLedger(
+            state.engine, limits=loaded_policy.privacy, policy_hash=loaded_policy.policy_hash
+        ),
+    )
     agent = NodeAgent(
         NodeConfig(node_id=name, coordinator=coordinator, tls=tls), loaded_policy, source, ledgers
     )
@@ -73,4 +92,5 @@ def serve(
     # The main thread only waits, so signals are handled promptly.
     while worker.is_alive():
         worker.join(timeout=0.5)
+    state.close()
     console.print(f"node {name} stopped")
