@@ -242,8 +242,14 @@ def decode(total: npt.ArrayLike, *, bits: int) -> IntArray:
 
 
 def half_width(plan: VectorPlan, part: VectorPart, *, summands: int) -> float:
-    """95% half-width of the noise on one coordinate of ``part`` in VALUE units (÷ scale)."""
-    return interval95(Mechanism.DISCRETE_GAUSSIAN, _noise_plan(plan, part).as_params(summands)) / part.scale
+    """95% half-width of the noise on one coordinate of ``part`` in VALUE units (÷ scale).
+
+    The noise is integer-valued in integer units, so an interval of half-width h covers it exactly
+    when |noise| <= floor(h): rounding h up to a whole unit keeps coverage at or above 95% (1.96 sd
+    of a count's noise of sd 9.6 would otherwise cover only |noise| <= 18, about 94.6%).
+    """
+    half = interval95(Mechanism.DISCRETE_GAUSSIAN, _noise_plan(plan, part).as_params(summands))
+    return math.ceil(half) / part.scale
 
 
 def variance(plan: VectorPlan, part: VectorPart, *, summands: int) -> float:
