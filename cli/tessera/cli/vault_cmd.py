@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tessera.cli._common import console, fail, friendly_errors
-from tessera.client.egress import REPORT_COLUMNS, EgressLedger
+from tessera.client.egress import EgressLedger
 from tessera.client.vault import admin
 from tessera.client.vault.ingest import Ingestor, IngestRejected
 from tessera.client.vault.kek import LocalKek, create_key_file
@@ -394,10 +394,35 @@ def egress_report(
     if as_json:
         _json([r.as_dict() for r in rows])
         return
-    table = Table(*REPORT_COLUMNS, title=f"egress ledger: {len(rows)} entries")
+    # A screen-wide summary for the compliance officer; --json carries every column in full.
+    table = Table(
+        "seq",
+        "time (UTC)",
+        "job",
+        "stage",
+        "purpose",
+        "analysis",
+        "fields",
+        "ε",
+        "bytes",
+        "sha256",
+        title=f"egress ledger: {len(rows)} entries (all columns: --json)",
+    )
     for row in rows:
         doc = row.as_dict()
-        table.add_row(*(str(doc.get(c, "")) for c in REPORT_COLUMNS))
+        fields = doc.get("fields") or ()
+        table.add_row(
+            str(doc["seq"]),
+            str(doc["time"])[:19].replace("T", " "),
+            str(doc["job_id"])[:12],
+            str(doc["stage"]),
+            str(doc["purpose"]),
+            str(doc["analysis"]),
+            ",".join(fields) if fields else "-",
+            f"{doc['epsilon']:g}",
+            str(doc["bytes"]),
+            str(doc["payload_sha256"])[:12],
+        )
     console.print(table)
 
 
