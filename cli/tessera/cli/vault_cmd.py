@@ -410,7 +410,7 @@ def egress_report(
     )
     for row in rows:
         doc = row.as_dict()
-        fields = doc.get("fields") or ()
+        fields = doc.get("fields") or "-"
         table.add_row(
             str(doc["seq"]),
             str(doc["time"])[:19].replace("T", " "),
@@ -418,7 +418,7 @@ def egress_report(
             str(doc["stage"]),
             str(doc["purpose"]),
             str(doc["analysis"]),
-            ",".join(fields) if fields else "-",
+            fields if isinstance(fields, str) else ",".join(fields),
             f"{doc['epsilon']:g}",
             str(doc["bytes"]),
             str(doc["payload_sha256"])[:12],
