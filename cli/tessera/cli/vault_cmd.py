@@ -410,7 +410,7 @@ def egress_report(
     )
     for row in rows:
         doc = row.as_dict()
-        fields = doc.get("fields") or "-"
+        fields = str(doc.get("fields") or "-")
         table.add_row(
             str(doc["seq"]),
             str(doc["time"])[:19].replace("T", " "),
@@ -418,7 +418,7 @@ def egress_report(
             str(doc["stage"]),
             str(doc["purpose"]),
             str(doc["analysis"]),
-            fields if isinstance(fields, str) else ",".join(fields),
+            fields,
             f"{doc['epsilon']:g}",
             str(doc["bytes"]),
             str(doc["payload_sha256"])[:12],
