@@ -1,4 +1,5 @@
-"""Engines for the budget ledger tests: SQLite always, PostgreSQL when it answers (required on CI)."""
+"""Engines for the node-side ledger and vault tests: SQLite always, PostgreSQL when it answers (required
+on CI), with a schema of its own per test."""
 
 from __future__ import annotations
 
@@ -30,13 +31,13 @@ def _postgres_or_skip() -> sa.Engine:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     if request.param == "sqlite":
-        eng = sa.create_engine(f"sqlite:///{tmp_path / 'budget.db'}")
+        eng = sa.create_engine(f"sqlite:///{tmp_path / 'node.db'}")
         yield eng
         eng.dispose()
         return
     admin = _postgres_or_skip()
     # A schema per test keeps parallel runs and other engineers' tables apart; dropped afterwards.
-    schema = f"tessera_budget_{secrets.token_hex(6)}"
+    schema = f"tessera_node_{secrets.token_hex(6)}"
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     eng = sa.create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
