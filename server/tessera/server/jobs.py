@@ -330,6 +330,10 @@ class JobService:
         del self._rounds[job.job_id]
         outcome.result["survivors"] = list(outcome.survivors)
         outcome.result["dropped"] = list(outcome.dropped)
+        # Sums are taken modulo 2^bits, sized so any coordinate wraps with probability <= 2^-40
+        # for up to max_customers customers per node (bits_for); stated so a reader can check it.
+        outcome.result["modulus_bits"] = dp_round.setup.bits
+        outcome.result["wrap_probability_at_most"] = 2.0**-40
         outcome.result["vetoes"] = [
             {"node_id": v.node_id, "code": v.code, "reason": v.reason}
             for v in self.store.vetoes_for(job.job_id)
