@@ -40,6 +40,14 @@ class TaskRunner:
         except TesseraError as exc:
             self.dp.forget(task.job_id)
             return self._veto(task, spec, exc)
+        except Exception as exc:  # a bug must cost one task, not the node; its text may hold data
+            log.error("task failed job=%s error=%s", task.job_id, type(exc).__name__)
+            self.dp.forget(task.job_id)
+            failure = TesseraError(
+                "the node could not process this task; its operator can see why in its log",
+                code="node.internal",
+            )
+            return self._veto(task, spec, failure)
 
     def veto(self, task: node_pb2.Task, exc: TesseraError) -> Outgoing:
         """A veto for ``task`` with the reason ``exc`` gives (no data in it)."""

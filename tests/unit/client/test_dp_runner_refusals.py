@@ -173,3 +173,15 @@ def test_a_replayed_roster_from_another_stage_is_refused_and_frees_the_budget(no
     # The node's own advertisement handed back as if it were the share-keys roster.
     replay = _task(pki_dir, _spec(), stage=Stage.SHARE_KEYS, stage_input=advertise.message.secagg.data)
     _assert_refused(runner.handle(replay), "request.invalid", data, ledgers)
+
+
+def test_an_unexpected_failure_costs_the_task_not_the_node(node, pki_dir: Path) -> None:
+    runner, data, ledgers = node
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise ZeroDivisionError("a value that must not be echoed: 4111111111111111")
+
+    runner.dp.handle = broken  # type: ignore[method-assign]
+    out = runner.handle(_task(pki_dir, _spec()))
+    assert out.veto is not None and out.veto.veto.code == "node.internal"
+    assert "4111" not in out.veto.veto.reason
