@@ -96,6 +96,9 @@ class NodeAgent:
                 if self._stop.is_set():
                     break
                 self._log_rpc_error(exc)
+            except Exception as exc:  # e.g. the node's database was briefly unavailable
+                # Keep serving: reconnect after the backoff; the unanswered task comes back.
+                log.error("task loop failed error=%s; reconnecting", type(exc).__name__)
             self.enrolled.clear()
             if self._stop.is_set():
                 break
