@@ -12,8 +12,9 @@ itself is measured from the job's event timestamps and reported apart.
 
 Vector length: a length L above 4096 is laid out as G groups of ``region`` x L/G bins (a histogram
 takes up to 2^20 cells). A config the analysis would refuse is checked with the analysis' own plan,
-as the coordinator does on submit, and reported as ``not_run`` with the reason instead of hidden. Each config runs on a
-fresh federation (``--reuse`` shares one per node count) after one untimed warm-up round.
+as the coordinator does on submit, and reported as ``not_run`` with the reason instead of hidden.
+Each config runs on a fresh federation (``--reuse`` shares one per node count) after one untimed
+warm-up round.
 
 Progress goes to stderr, one JSON document to stdout. Not run by pytest.
 

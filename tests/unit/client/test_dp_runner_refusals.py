@@ -176,7 +176,7 @@ def test_a_replayed_roster_from_another_stage_is_refused_and_frees_the_budget(no
 
 
 def test_an_unexpected_failure_costs_the_task_not_the_node(node, pki_dir: Path) -> None:
-    runner, data, ledgers = node
+    runner, _data, _ledgers = node
 
     def broken(*args: object, **kwargs: object) -> object:
         raise ZeroDivisionError("a value that must not be echoed: 4111111111111111")
