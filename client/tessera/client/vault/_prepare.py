@@ -1,22 +1,25 @@
 """The pure, parallelisable part of ingestion: parse, standardise and blind-index a chunk of rows.
 
 ``prepare_chunk`` takes raw rows and returns typed records, their identifier indexes, row errors and
-per-column counts. It touches no database, so chunks can run in worker processes (the blind-index
-key is passed with each chunk and lives only in that process's memory). Parsing phone numbers
-dominates ingestion cost, which is why this is the part that runs on every core.
+per-column counts; for transactions and events also each row's storable fields and content
+fingerprint. It touches no database, so chunks can run in worker processes (the blind-index key is
+passed with each chunk and lives only in that process's memory). Parsing phone numbers dominates
+ingestion cost, which is why this is the part that runs on every core.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import TypeVar
+from decimal import Decimal
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from tessera.client.vault.identity import IdentityIndex
 from tessera.client.vault.mapping import Mapping
-from tessera.client.vault.normalise import BadValue, Value, parse_value
+from tessera.client.vault.normalise import BadValue, Value, parse_value, text_of
 from tessera.client.vault.quality import RowError
 
 RawRow = tuple[int, list[str | None] | None]
@@ -27,7 +30,8 @@ R = TypeVar("R")
 
 @dataclass(slots=True)
 class Prepared:
-    """One chunk's outcome; ``records``/``keyed`` hold only rows without errors."""
+    """One chunk's outcome; ``records``/``keyed`` hold only rows without errors. With an index key,
+    a fact's record is empty and its ``keyed`` entry names only its customer reference."""
 
     records: list[tuple[int, dict[str, Value]]] = field(default_factory=list)
     keyed: list[list[tuple[str, str]]] = field(default_factory=list)  # (kind, index hex) per record
@@ -35,6 +39,52 @@ class Prepared:
     counts: list[list[int]] = field(default_factory=list)  # per column: present, missing, invalid
     rows: int = 0
     samples: dict[int, list[str]] = field(default_factory=dict)  # raw non-empty values per column
+    # Facts only (with an index key): (fingerprint, storable fields) per record; the customer
+    # reference is ``keyed[i][0][1]``.
+    facts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def after(self, row: int) -> Prepared:
+        """The part of this chunk after source row ``row`` (a resumed ingest skips committed rows)."""
+        if not self.records or self.records[0][0] > row:
+            return self
+        keep = [i for i, (number, _) in enumerate(self.records) if number > row]
+        return Prepared(
+            records=[self.records[i] for i in keep],
+            keyed=[self.keyed[i] for i in keep] if self.keyed else [],
+            errors=self.errors,
+            counts=self.counts,
+            rows=len(keep),
+            samples=self.samples,
+            facts=[self.facts[i] for i in keep] if self.facts else [],
+        )
+
+    def forget_samples(self) -> None:
+        self.samples = {}
+
+
+def fingerprint(parts: Iterable[object]) -> str:
+    """Content key of a fact row: 128 bits of SHA-256 over length-prefixed parts (``None`` = 0x00)."""
+    hasher = hashlib.sha256(b"tessera.vault.fact.v1")
+    for part in parts:
+        data = text_of(part).encode("utf-8") if part is not None else b"\x00"  # type: ignore[arg-type]
+        hasher.update(len(data).to_bytes(4, "big") + data)
+    return hasher.hexdigest()[:32]  # collisions are out of reach, the index stays small
+
+
+def fact_row(dataset: str, ref: str, values: dict[str, Value]) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, columns) of a transaction or event whose customer reference index is ``ref``."""
+    record: dict[str, Any]
+    if dataset == "transactions":
+        amount = values.get("amount")
+        record = {
+            "time": values.get("time"),
+            "channel": values.get("channel"),
+            "category": values.get("category"),
+            "amount_e4": None if amount is None else int(Decimal(str(amount)).scaleb(4)),
+        }
+        return fingerprint([ref, values.get("transaction_id"), *record.values()]), record
+    record = {"time": values.get("time"), "event_type": values.get("event_type")}
+    return fingerprint([ref, values.get("event_id"), *record.values()]), record
 
 
 def prepare_chunk(
@@ -82,9 +132,19 @@ def prepare_chunk(
             bad = True
         if bad:
             continue
-        out.records.append((number, record))
-        if identity is not None:
-            out.keyed.append([(kind, identity.index(kind, text)) for kind, text in keys])
+        if identity is None:
+            out.records.append((number, record))
+            continue
+        indexes = [(kind, identity.index(kind, text)) for kind, text in keys]
+        if mapping.dataset == "customers":
+            out.records.append((number, record))
+            out.keyed.append(indexes)
+        else:
+            # A fact needs only its reference and storable columns from here on: the values stay
+            # behind so the chunk costs less to send back from a worker and to keep in memory.
+            out.records.append((number, {}))
+            out.keyed.append(indexes[:1])
+            out.facts.append(fact_row(mapping.dataset, indexes[0][1], record))
     return out
 
 

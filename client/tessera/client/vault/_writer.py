@@ -10,17 +10,18 @@ index and are deduplicated by a fingerprint over the row's content and customer 
 
 from __future__ import annotations
 
-import hashlib
+import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
-from operator import itemgetter
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from tessera.client.vault._bulk import bulk_insert
 from tessera.client.vault._model import (
     PII_COLUMN,
     PII_TABLE,
@@ -34,7 +35,7 @@ from tessera.client.vault._model import (
     Transaction,
 )
 from tessera.client.vault.crypto import FieldCipher, FieldContext
-from tessera.client.vault.normalise import Value
+from tessera.client.vault.normalise import Value, text_of
 
 CUSTOMER_COLUMNS = {
     "region": ("string", "category"),
@@ -42,7 +43,7 @@ CUSTOMER_COLUMNS = {
     "signup_date": ("date", "datetime"),
     "churned": ("bool",),
 }
-_CHUNK = 400  # bound parameters per IN (...) query
+_CHUNK = 4000  # bound parameters per IN (...) query (SQLite allows 32,766, PostgreSQL 65,535)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +61,6 @@ def utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
-
-
-def text_of(value: Value) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def pii_context(customer_id: int, field: str) -> FieldContext:
@@ -98,43 +91,6 @@ def attribute_values(kind: str, value: Value) -> dict[str, Any]:
     return {"num_value": None, "text_value": None if value is None else str(value), "date_value": None}
 
 
-def bulk_insert(
-    session: Session, table: sa.Table, rows: list[dict[str, Any]], *, skip_conflicts: str | None = None
-) -> int:
-    """One DBAPI ``executemany`` for plain rows, skipping SQLAlchemy's per-row statement machinery
-    (the bind processors of each column type still apply, so values are stored exactly as the ORM
-    would store them). Ingest writes several rows per customer, so this is most of its insert cost."""
-    if not rows:
-        return 0
-    connection = session.connection()
-    dialect = connection.dialect
-    names = [c.name for c in table.columns if c.name in rows[0]]
-    processors = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    preparer = dialect.identifier_preparer
-    columns = ", ".join(preparer.quote(n) for n in names)
-    statement = (
-        f"INSERT INTO {preparer.format_table(table)} ({columns}) VALUES ({', '.join([marker] * len(names))})"  # noqa: S608 - identifiers from our own Table, values bound
-    )
-    pick = itemgetter(*names)
-    params: list[Any] = [pick(row) for row in rows] if len(names) > 1 else [(row[names[0]],) for row in rows]
-    converted = [(i, p) for i, p in enumerate(processors) if p is not None]
-    if converted:
-        fixed = []
-        for values in params:
-            row_values = list(values)
-            for i, process in converted:
-                if row_values[i] is not None:
-                    row_values[i] = process(row_values[i])
-            fixed.append(tuple(row_values))
-        params = fixed
-    if skip_conflicts is not None:  # same syntax on PostgreSQL and SQLite >= 3.24
-        statement += f" ON CONFLICT ({preparer.quote(skip_conflicts)}) DO NOTHING"
-    result = connection.exec_driver_sql(statement, params)
-    # Both drivers report the summed row count of an executemany; skipped conflicts count 0.
-    return int(result.rowcount)
-
-
 def allocate_ids(session: Session, count: int) -> int:
     """Reserve ``count`` new customer ids; returns the first. The UPDATE takes the write/row lock."""
     table = cast(sa.Table, Sequence.__table__)
@@ -148,8 +104,27 @@ def allocate_ids(session: Session, count: int) -> int:
 
 
 def lookup_indexes(session: Session, indexes: Iterable[str]) -> dict[str, int]:
+    """Customer id per stored blind index among ``indexes`` (absent ones are left out)."""
     wanted = sorted(set(indexes))
     found: dict[str, int] = {}
+    if not wanted:
+        return found
+    # One parameter instead of thousands of bound values: the query stays small to compile, send
+    # and plan however large the batch (an ingest batch names three identifiers per customer).
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        column = sa.literal(wanted, postgresql.ARRAY(sa.String))
+        query = sa.select(Identifier.index, Identifier.customer_id).where(Identifier.index == sa.any_(column))
+        found.update(session.execute(query).all())  # type: ignore[arg-type]
+        return found
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 38):  # JSON functions built in
+        rows = session.connection().exec_driver_sql(
+            'SELECT "index", customer_id FROM vault_identifier WHERE "index" IN '
+            "(SELECT value FROM json_each(?))",
+            (json.dumps(wanted),),
+        )
+        found.update((str(index), int(cid)) for index, cid in rows)
+        return found
     for start in range(0, len(wanted), _CHUNK):
         part = wanted[start : start + _CHUNK]
         found.update(
@@ -160,21 +135,41 @@ def lookup_indexes(session: Session, indexes: Iterable[str]) -> dict[str, int]:
     return found
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[object, object] = {}
+def _group(
+    keyed: list[list[tuple[str, str]]], existing: dict[str, int]
+) -> tuple[dict[int, list[int]], dict[int, set[int]]]:
+    """Rows that share a blind index, directly or through a stored customer, form one group
+    (union-find over row numbers). Returns members per group and stored customer ids per group,
+    both keyed by a root row; groups come in the order of their first row, members ascending."""
+    parent = list(range(len(keyed)))
 
-    def find(self, x: object) -> object:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
 
-    def union(self, a: object, b: object) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[ra] = rb
+    first_row: dict[object, int] = {}  # blind index or stored customer id -> first row naming it
+    for i, idxs in enumerate(keyed):
+        for _, h in idxs:
+            for node in (h, existing.get(h)):
+                if node is None:
+                    continue
+                j = first_row.setdefault(node, i)
+                if j != i:
+                    ri, rj = find(i), find(j)
+                    if ri != rj:
+                        parent[max(ri, rj)] = min(ri, rj)  # the smaller row stays root
+    groups: dict[int, list[int]] = {}
+    owners: dict[int, set[int]] = {}
+    for i, idxs in enumerate(keyed):
+        root = find(i)
+        groups.setdefault(root, []).append(i)
+        for _, h in idxs:
+            cid = existing.get(h)
+            if cid is not None:
+                owners.setdefault(root, set()).add(cid)
+    return groups, owners
 
 
 @dataclass(slots=True)
@@ -236,24 +231,10 @@ def write_customers(
     """Write customers; ``keyed[i]`` holds the (kind, blind index) pairs of ``records[i]``."""
     counts = Counts(written=len(records))
     existing = lookup_indexes(session, (h for idxs in keyed for _, h in idxs))
-    uf = _UnionFind()
-    for i, idxs in enumerate(keyed):
-        uf.find(("r", i))
-        for _, h in idxs:
-            uf.union(("r", i), ("i", h))
-            if h in existing:
-                uf.union(("i", h), ("c", existing[h]))
-    groups: dict[object, list[int]] = {}
-    owners: dict[object, set[int]] = {}
-    for node in list(uf.parent):
-        root = uf.find(node)
-        if isinstance(node, tuple) and node[0] == "r":
-            groups.setdefault(root, []).append(int(node[1]))  # type: ignore[call-overload]
-        elif isinstance(node, tuple) and node[0] == "c":
-            owners.setdefault(root, set()).add(int(node[1]))  # type: ignore[call-overload]
+    groups, owners = _group(keyed, existing)
     fresh = [root for root in groups if not owners.get(root)]
     next_id = allocate_ids(session, len(fresh)) if fresh else 0
-    target: dict[object, int] = {}
+    target: dict[int, int] = {}
     for root in groups:
         cids = sorted(owners.get(root, ()))
         if cids:
@@ -268,6 +249,7 @@ def write_customers(
     new_customers: list[dict[str, Any]] = []
     new_attrs: list[dict[str, Any]] = []
     new_pii: list[dict[str, Any]] = []
+    plain: list[tuple[str, str]] = []  # (row key, text) of each new_pii row, encrypted below
     new_idents: dict[str, dict[str, Any]] = {}
     for root, members in groups.items():
         cid = target[root]
@@ -300,14 +282,18 @@ def write_customers(
                 changed = changed or cid in stored
         for name in layout.pii:
             if name in desired and (cid not in stored or name not in stored[cid][2]):
-                token = cipher.encrypt_text(text_of(desired[name]), context=pii_context(cid, name))
-                new_pii.append({"ref": f"{cid}:{name}", "customer_id": cid, "field": name, "token": token})
+                ref = f"{cid}:{name}"
+                new_pii.append({"ref": ref, "customer_id": cid, "field": name})
+                plain.append((ref, text_of(desired[name])))
                 changed = changed or cid in stored
         if cid in stored:
             if changed:
                 counts.updated += 1
             else:
                 counts.unchanged += len(members)
+    # Sealed together: one key expansion per batch (the row key is each token's own "cid:field").
+    for row, token in zip(new_pii, cipher.encrypt_texts(PII_TABLE, PII_COLUMN, plain), strict=True):
+        row["token"] = token
     for model, rows in (
         (Customer, new_customers),
         (Attribute, new_attrs),
@@ -389,34 +375,15 @@ def _update_existing(
     return changed
 
 
-def fingerprint(parts: Iterable[object]) -> str:
-    hasher = hashlib.sha256(b"tessera.vault.fact.v1")
-    for part in parts:
-        data = text_of(cast(Value, part)).encode("utf-8") if part is not None else b"\x00"
-        hasher.update(len(data).to_bytes(4, "big") + data)
-    return hasher.hexdigest()[:32]  # 128 bits: collisions are out of reach, the index stays small
-
-
 def write_facts(
-    session: Session, dataset: str, rows: list[tuple[str, int, dict[str, Value]]], *, now: datetime
+    session: Session, dataset: str, rows: list[tuple[int, str, dict[str, Any]]], *, now: datetime
 ) -> Counts:
-    """Insert transactions or events: ``rows`` are (customer reference index, customer id, values)."""
+    """Insert transactions or events: ``rows`` are (customer id, fingerprint, columns) as made by
+    ``_prepare.fact_row``."""
     counts = Counts()
     model = Transaction if dataset == "transactions" else Event
     staged: dict[str, dict[str, Any]] = {}
-    for ref, cid, values in rows:
-        if dataset == "transactions":
-            amount = values.get("amount")
-            record = {
-                "time": values.get("time"),
-                "channel": values.get("channel"),
-                "category": values.get("category"),
-                "amount_e4": None if amount is None else int(Decimal(str(amount)).scaleb(4)),
-            }
-            key = fingerprint([ref, values.get("transaction_id"), *record.values()])
-        else:
-            record = {"time": values.get("time"), "event_type": values.get("event_type")}
-            key = fingerprint([ref, values.get("event_id"), *record.values()])
+    for cid, key, record in rows:
         if key in staged:
             counts.merged += 1  # an identical row twice in one batch
             continue

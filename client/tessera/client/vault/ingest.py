@@ -8,9 +8,12 @@ pass writes batches of ``batch_size`` rows; each batch commits together with a c
 ``vault_ingest_run`` keyed by (source digest, mapping), so an interrupted ingest resumes after the
 last committed batch, and a finished one is not repeated.
 
-Costs: one read for the digest and two parses; per customer one AES-GCM encryption per
-core-sensitive value and one HMAC per identifier. With ``workers > 1`` the parsing and indexing of
-chunks runs in that many processes while this process encrypts and writes.
+Costs: one read for the digest and one parse per row: the first pass keeps its standardised,
+blind-indexed (and, for facts, fingerprinted) chunks for the second while they fit ``keep_rows``
+rows (about 2 KB each); rows beyond that budget are parsed again. Per customer one AES-GCM
+encryption per core-sensitive value and one HMAC per identifier. With ``workers > 1`` the parsing,
+indexing and fingerprinting of chunks runs in that many processes while this process encrypts and
+writes.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from tessera.client.vault import _writer
+from tessera.client.vault import _bulk, _writer
 from tessera.client.vault._model import IngestRun
-from tessera.client.vault._prepare import Prepared, RawRow, bounded_map, prepare_chunk
+from tessera.client.vault._prepare import Prepared, RawRow, bounded_map, fact_row, prepare_chunk
 from tessera.client.vault.crypto import FieldCipher
 from tessera.client.vault.identity import IdentityIndex
 from tessera.client.vault.mapping import Mapping
@@ -41,6 +45,7 @@ from tessera.core.policy import Policy
 from tessera.core.types import Tier
 
 PII_SAMPLE = 500
+KEEP_ROWS = 250_000  # default memory budget of kept first-pass rows (~0.5 GB at the widest)
 _REF_CACHE = 500_000  # customer references remembered per ingest (facts name the same customers often)
 Clock = Callable[[], datetime]
 
@@ -117,9 +122,11 @@ class Ingestor:
         workers: int = 1,
         on_progress: Callable[[int], None] | None = None,
         on_start: Callable[[int], None] | None = None,
+        keep_rows: int = KEEP_ROWS,
     ) -> None:
-        if batch_size < 1 or workers < 1:
-            raise ValueError("batch_size and workers must be at least 1")
+        if batch_size < 1 or workers < 1 or keep_rows < 0:
+            raise ValueError("batch_size and workers must be at least 1, keep_rows at least 0")
+        self.keep_rows = keep_rows
         self.vault = vault
         self.clock = clock
         self.batch_size = batch_size
@@ -145,10 +152,10 @@ class Ingestor:
         self._refs = {}
         executor: Executor | None = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
         try:
-            report = self._validate(source, mapping, executor)
+            report, kept = self._validate(source, mapping, executor)
             if self.on_start is not None:
                 self.on_start(report.rows_read)
-            self._write(source, mapping, layout, executor, run_id=run_id, skip=skip, report=report)
+            self._write(source, mapping, layout, executor, kept, run_id=run_id, skip=skip, report=report)
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
@@ -157,11 +164,11 @@ class Ingestor:
     # -- shared ------------------------------------------------------------------------------------
 
     def _chunks(
-        self, source: Source, mapping: Mapping, skip: int, *, index: bool, sample: tuple[int, ...] = ()
+        self, source: Source, mapping: Mapping, skip: int, *, sample: tuple[int, ...] = ()
     ) -> Iterator[tuple[object, ...]]:
         order = [source.columns.index(c) for c in mapping.sources]
         width = len(source.columns)
-        key = self.vault.index_key if index and self.vault.index_key else None
+        key = self.vault.index_key or None
         rows = source.rows(skip)
         while True:
             raw = list(islice(rows, self.batch_size))
@@ -177,15 +184,17 @@ class Ingestor:
         executor: Executor | None,
         skip: int = 0,
         *,
-        index: bool,
         sample: tuple[int, ...] = (),
     ) -> Iterator[Prepared]:
-        chunks = self._chunks(source, mapping, skip, index=index, sample=sample)
+        chunks = self._chunks(source, mapping, skip, sample=sample)
         return bounded_map(executor, prepare_chunk, chunks, window=2 * self.workers)
 
     # -- pass 1 ------------------------------------------------------------------------------------
 
-    def _validate(self, source: Source, mapping: Mapping, executor: Executor | None) -> IngestReport:
+    def _validate(
+        self, source: Source, mapping: Mapping, executor: Executor | None
+    ) -> tuple[IngestReport, list[Prepared]]:
+        """Pass 1: the report, and the leading chunks kept for pass 2 (within ``keep_rows``)."""
         policy = self.vault.policy
         report = IngestReport(dataset=mapping.dataset, source=source.label)
         report.fields = [
@@ -199,7 +208,9 @@ class Ingestor:
         ]
         samples: dict[int, list[str]] = {i: [] for i in checked}
         errors: list[RowError] = []
-        for chunk in self._prepared(source, mapping, executor, index=False, sample=tuple(checked)):
+        kept: list[Prepared] = []
+        room, keeping = self.keep_rows, True
+        for chunk in self._prepared(source, mapping, executor, sample=tuple(checked)):
             report.rows_read += chunk.rows
             errors.extend(chunk.errors)
             for quality, (present, missing, invalid) in zip(report.fields, chunk.counts, strict=True):
@@ -209,7 +220,13 @@ class Ingestor:
             for i, sample in samples.items():
                 sample.extend(chunk.samples.get(i, [])[: PII_SAMPLE - len(sample)])
             if mapping.dataset != "customers" and chunk.records:
-                self._resolve(mapping, chunk.records, errors)
+                self._resolve(mapping, chunk, errors)
+            # Kept only while every earlier chunk was: pass 2 reads the source again after them.
+            keeping = keeping and not errors and chunk.rows <= room
+            if keeping:
+                chunk.forget_samples()
+                kept.append(chunk)
+                room -= chunk.rows
         report.errors = sorted(errors, key=lambda e: e.row)
         report.rows_rejected = len({e.row for e in errors})
         if report.rows_read == 0:
@@ -222,7 +239,7 @@ class Ingestor:
                 f"{source.label} was rejected and nothing was written: {listed}{more}", report
             )
         self._refuse_pii(mapping, samples)
-        return report
+        return report, kept
 
     def _refuse_pii(self, mapping: Mapping, samples: dict[int, list[str]]) -> None:
         policy = self.vault.policy
@@ -242,12 +259,19 @@ class Ingestor:
     def _resolve(
         self,
         mapping: Mapping,
-        records: list[tuple[int, dict[str, Value]]],
+        chunk: Prepared,
         errors: list[RowError],
         session: Session | None = None,
-    ) -> list[tuple[str, int, dict[str, Value]]]:
-        """Find each fact row's customer by the blind index; an unknown customer is a row error."""
-        refs = [self._reference(mapping, record) for _, record in records]
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        """Find each fact row's customer by the blind index; an unknown customer is a row error.
+        Returns (customer id, fingerprint, columns) per row."""
+        records = chunk.records
+        if chunk.keyed:  # indexed in the worker: the first identifier given names the customer
+            refs = [indexes[0][1] for indexes in chunk.keyed]
+            facts = chunk.facts
+        else:
+            refs = [self._reference(mapping, record) for _, record in records]
+            facts = [fact_row(mapping.dataset, ref, r) for ref, (_, r) in zip(refs, records, strict=True)]
         missing = {r for r in refs if r not in self._refs}
         if missing:
             if session is not None:
@@ -259,14 +283,14 @@ class Ingestor:
                 self._refs.clear()
             self._refs.update(found)
         out = []
-        for (number, record), ref in zip(records, refs, strict=True):
+        for (number, _), ref, (key, columns) in zip(records, refs, facts, strict=True):
             cid = self._refs.get(ref)
             if cid is None:
                 errors.append(
                     RowError(number, None, "no customer in the vault matches this row's identifier")
                 )
             else:
-                out.append((ref, cid, record))
+                out.append((cid, key, columns))
         return out
 
     def _reference(self, mapping: Mapping, record: dict[str, Value]) -> str:
@@ -283,13 +307,42 @@ class Ingestor:
         mapping: Mapping,
         layout: _writer.Layout,
         executor: Executor | None,
+        kept: list[Prepared],
         *,
         run_id: str,
         skip: int,
         report: IngestReport,
     ) -> None:
+        # One connection for the whole pass, tuned for bulk writes (see ``_bulk.bulk_load``).
+        with self.vault.engine.connect() as connection, _bulk.bulk_load(connection):
+            sessions = sessionmaker(connection, expire_on_commit=False)
+            self._write_batches(
+                sessions,
+                source,
+                mapping,
+                layout,
+                executor,
+                kept=kept,
+                run_id=run_id,
+                skip=skip,
+                report=report,
+            )
+
+    def _write_batches(
+        self,
+        sessions: sessionmaker[Session],
+        source: Source,
+        mapping: Mapping,
+        layout: _writer.Layout,
+        executor: Executor | None,
+        *,
+        kept: list[Prepared],
+        run_id: str,
+        skip: int,
+        report: IngestReport,
+    ) -> None:
         now = self.clock()
-        with self._sessions.begin() as session:
+        with sessions.begin() as session:
             run = session.get(IngestRun, run_id)
             if run is None:
                 session.add(
@@ -306,11 +359,11 @@ class Ingestor:
             elif run.report:
                 _add_counts(report, json.loads(run.report))
         changed = ConfigError(f"{source.label} changed while it was being ingested; run the ingest again")
-        for chunk in self._prepared(source, mapping, executor, skip, index=mapping.dataset == "customers"):
+        for chunk in self._pass2(source, mapping, executor, kept, skip):
             if chunk.errors or not chunk.rows:
                 raise changed
             errors: list[RowError] = []
-            with self._sessions.begin() as session:
+            with sessions.begin() as session:
                 if mapping.dataset == "customers":
                     counts = _writer.write_customers(
                         session,
@@ -322,7 +375,7 @@ class Ingestor:
                         run_id=run_id,
                     )
                 else:
-                    resolved = self._resolve(mapping, chunk.records, errors, session)
+                    resolved = self._resolve(mapping, chunk, errors, session)
                     if errors:
                         raise changed
                     counts = _writer.write_facts(session, mapping.dataset, resolved, now=now)
@@ -339,12 +392,25 @@ class Ingestor:
                 )
             if self.on_progress is not None:
                 self.on_progress(done)
-        with self._sessions.begin() as session:
+        with sessions.begin() as session:
             session.execute(
                 sa.update(IngestRun)
                 .where(IngestRun.id == run_id)
                 .values(status="done", finished_at=self.clock(), report=json.dumps(report.as_dict()))
             )
+
+    def _pass2(
+        self, source: Source, mapping: Mapping, executor: Executor | None, kept: list[Prepared], skip: int
+    ) -> Iterator[Prepared]:
+        """The chunks to write after row ``skip``: kept ones first, then the rest parsed again."""
+        done = skip
+        while kept:
+            chunk = kept.pop(0)  # released as it is written: memory falls while pass 2 runs
+            done = max(done, chunk.records[-1][0])
+            part = chunk.after(skip)
+            if part.rows:
+                yield part
+        yield from self._prepared(source, mapping, executor, done)
 
 
 def _add_counts(report: IngestReport, previous: dict[str, int]) -> None:

@@ -26,6 +26,15 @@ _QUANTUM = Decimal("0.0001")
 Value = str | float | bool | datetime | Decimal | None
 
 
+def text_of(value: Value) -> str:
+    """The canonical text of a standardised value (what is encrypted and fingerprinted)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class BadValue(ValueError):
     """A value that does not fit its column; ``reason`` is safe to show (no data)."""
 
