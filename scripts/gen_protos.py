@@ -27,7 +27,11 @@ def _generate(out_root: Path) -> None:
         import grpc_tools
         from grpc_tools import protoc
     except ImportError:
-        sys.exit("grpcio-tools is not installed: run `pip install -e '.[dev]'` first.")
+        venv_python = ROOT / ".venv" / "bin" / "python"
+        if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+            # Run with the project's environment (made by scripts/dev), which has grpcio-tools.
+            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+        sys.exit("grpcio-tools is not installed: run `scripts/dev test` or `pip install -e '.[dev]'` first.")
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PACKAGE_DIR.glob("*.proto"))
     args = [
