@@ -28,7 +28,7 @@ def _generate(out_root: Path) -> None:
         from grpc_tools import protoc
     except ImportError:
         venv_python = ROOT / ".venv" / "bin" / "python"
-        if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+        if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
             # Run with the project's environment (made by scripts/dev), which has grpcio-tools.
             os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
         sys.exit("grpcio-tools is not installed: run `scripts/dev test` or `pip install -e '.[dev]'` first.")
