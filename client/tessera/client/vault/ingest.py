@@ -274,13 +274,17 @@ class Ingestor:
             facts = [fact_row(mapping.dataset, ref, r) for ref, (_, r) in zip(refs, records, strict=True)]
         missing = {r for r in refs if r not in self._refs}
         if missing:
+            if len(self._refs) + len(missing) > _REF_CACHE:
+                # Evict before fetching, and fetch every reference of this chunk: clearing after
+                # the fetch dropped the chunk's already-cached customers and rejected their rows
+                # (seen at 1M customers: valid transactions refused from row 690,002 on).
+                self._refs.clear()
+                missing = set(refs)
             if session is not None:
                 found = _writer.lookup_indexes(session, missing)
             else:
                 with self._sessions() as own:
                     found = _writer.lookup_indexes(own, missing)
-            if len(self._refs) + len(found) > _REF_CACHE:
-                self._refs.clear()
             self._refs.update(found)
         out = []
         for (number, _), ref, (key, columns) in zip(records, refs, facts, strict=True):

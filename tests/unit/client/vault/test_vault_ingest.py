@@ -298,6 +298,24 @@ def test_transactions_need_a_known_customer_and_are_idempotent(state: NodeState,
     assert cols["time"][0] == pytest.approx(19783 + 9 / 24)
 
 
+def test_transactions_keep_their_customers_when_the_reference_cache_fills(
+    state: NodeState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessera.client.vault import ingest as ingest_module
+
+    _ingest(state, _csv(tmp_path, CUSTOMERS))
+    monkeypatch.setattr(ingest_module, "_REF_CACHE", 2)  # smaller than one chunk's customers
+    # Chunk 1 names C1 and C2 (cached); chunk 2 names C2 (cached) and C3 (not): the cache overflows.
+    rows = "".join(f"C{c},2024-03-{i + 1:02d},{i + 1},a\n" for i, c in enumerate([1, 2, 1, 2, 2, 3, 2, 3]))
+    report = _ingest(
+        state,
+        _csv(tmp_path, "customer_id,time,amount,category\n" + rows, "t.csv"),
+        "transactions",
+        batch_size=4,
+    )
+    assert report.rows_written == 8
+
+
 def test_datasource_refuses_core_sensitive_fields(state: NodeState, tmp_path: Path) -> None:
     _ingest(state, _csv(tmp_path, CUSTOMERS))
     with pytest.raises(PolicyViolation) as caught:
