@@ -10,12 +10,10 @@ from typing import Any
 import grpc
 
 from tessera.core import serde
-from tessera.core.grpc_status import from_rpc_error
+from tessera.core.grpc_status import MAX_MESSAGE_BYTES, from_rpc_error
 from tessera.core.pki import TlsFiles, channel_credentials, load_tls
 from tessera.core.types import JobSpec
 from tessera.v1 import analyst_pb2, analyst_pb2_grpc
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class AnalystClient:

@@ -22,13 +22,13 @@ from tessera.client.outgoing import NodeLedgers, Outgoing
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
 from tessera.core.errors import TesseraError
+from tessera.core.grpc_status import MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.policy import Policy
 from tessera.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tessera.node")
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RPC_TIMEOUT_S = 30.0
 REMEMBERED_TASKS = 10_000
 

@@ -34,6 +34,8 @@ _FROM_STATUS: dict[grpc.StatusCode, type[e.TesseraError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: e.InvalidRequest,
 }
 CODE_KEY = "tessera-error-code"
+# Every channel and server of Tessera: gRPC's default 4 MB cap is too small for a masked vector.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def status_for(error: e.TesseraError) -> grpc.StatusCode:

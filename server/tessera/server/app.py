@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core.errors import ConfigError
+from tessera.core.grpc_status import MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, load_tls, peer_identity, server_credentials
 from tessera.server.analyst_servicer import AnalystServicer
 from tessera.server.auth import AuthInterceptor
@@ -26,8 +27,6 @@ from tessera.v1 import analyst_pb2, analyst_pb2_grpc, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tessera.coordinator")
 
-# gRPC's default 4 MB cap is too small for secure-aggregation stages of million-value vectors.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE_NAMES = (
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     analyst_pb2.DESCRIPTOR.services_by_name["AnalystService"].full_name,
