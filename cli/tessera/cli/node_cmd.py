@@ -13,9 +13,8 @@ from tessera.cli import vault_cmd
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
 from tessera.client.agent import NodeAgent, NodeConfig
-from tessera.client.budget import BudgetLedger
 from tessera.client.datasource import CsvDataSource, DataSource
-from tessera.client.outgoing import NodeLedgers
+from tessera.client.outgoing import open_ledgers
 from tessera.client.vault.state import open_node_state
 from tessera.core.errors import ConfigError
 from tessera.core.logs import configure_logging
@@ -71,12 +70,7 @@ def serve(
     csv_source = CsvDataSource(parse_data_options(data), loaded_policy) if data else None
     state = open_node_state(state_dir, loaded_policy, db_url=db_url)
     source: DataSource = csv_source or state.data_source
-    ledgers = NodeLedgers(
-        egress=state.egress,
-        budget=BudgetLedger(
-            state.engine, limits=loaded_policy.privacy, policy_hash=loaded_policy.policy_hash
-        ),
-    )
+    ledgers = open_ledgers(state.engine, loaded_policy)  # in the vault's database
     agent = NodeAgent(
         NodeConfig(node_id=name, coordinator=coordinator, tls=tls), loaded_policy, source, ledgers
     )
