@@ -48,17 +48,7 @@ class CsvDataSource:
         schema = next((d for d in self._schemas if d.name == dataset), None)
         if schema is None:
             raise PolicyViolation(f"this node serves no dataset {dataset!r}", code="policy.unknown_dataset")
-        types = {f.name: f for f in schema.fields}
-        for name in fields:
-            if name not in types:
-                raise PolicyViolation(
-                    f"dataset {dataset!r} has no field {name!r} on this node", code="policy.unknown_field"
-                )
-            if types[name].tier is Tier.CORE_SENSITIVE:
-                raise PolicyViolation(
-                    f"field {name!r} is core_sensitive: it never leaves the node, not even in aggregates",
-                    code="policy.core_sensitive_field",
-                )
+        types = readable_fields(schema, fields)
         raw: dict[str, list[str]] = {name: [] for name in fields}
         with self.files[dataset].open(newline="", encoding="utf-8-sig") as handle:
             for row in csv.DictReader(handle):
@@ -125,6 +115,23 @@ def _column(values: list[str], kind: str, name: str) -> np.ndarray:
                 out[i] = np.nan
         return out
     return np.array([v if v else None for v in values], dtype=object)
+
+
+def readable_fields(schema: DatasetSchema, fields: Sequence[str]) -> dict[str, FieldSchema]:
+    """The requested fields of ``schema`` an analysis may read; refuses unknown and core_sensitive
+    ones (every ``DataSource.read`` calls this before touching data)."""
+    declared = {f.name: f for f in schema.fields}
+    for name in fields:
+        if name not in declared:
+            raise PolicyViolation(
+                f"dataset {schema.name!r} has no field {name!r} on this node", code="policy.unknown_field"
+            )
+        if declared[name].tier is Tier.CORE_SENSITIVE:
+            raise PolicyViolation(
+                f"field {name!r} is core_sensitive: it never leaves the node, not even in aggregates",
+                code="policy.core_sensitive_field",
+            )
+    return {name: declared[name] for name in fields}
 
 
 def read_for_plan(source: DataSource, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from tessera.client.datasource import readable_fields
 from tessera.client.vault._model import Attribute, Customer, Event, Transaction
 from tessera.core.errors import PolicyViolation
 from tessera.core.policy import Policy
-from tessera.core.types import DatasetSchema, Tier
+from tessera.core.types import DatasetSchema
 
 SUPPORTED = ("customers", "transactions", "events")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,18 +72,8 @@ class VaultDataSource:
     def _check(self, dataset: str, fields: Sequence[str]) -> dict[str, str]:
         if dataset not in SUPPORTED or dataset not in {d.name for d in self._policy.datasets}:
             raise PolicyViolation(f"this node serves no dataset {dataset!r}", code="policy.unknown_dataset")
-        declared = {f.name: f for f in self._policy.schema(dataset).fields}
-        for name in fields:
-            if name not in declared:
-                raise PolicyViolation(
-                    f"dataset {dataset!r} has no field {name!r} on this node", code="policy.unknown_field"
-                )
-            if declared[name].tier is Tier.CORE_SENSITIVE:
-                raise PolicyViolation(
-                    f"field {name!r} is core_sensitive: it never leaves the node, not even in aggregates",
-                    code="policy.core_sensitive_field",
-                )
-        return {name: declared[name].type for name in fields}
+        readable = readable_fields(self._policy.schema(dataset), fields)
+        return {name: f.type for name, f in readable.items()}
 
     def read(self, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
         types = self._check(dataset, fields)
