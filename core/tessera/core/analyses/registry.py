@@ -9,6 +9,7 @@ import numpy as np
 
 from tessera.core.analyses import inventory
 from tessera.core.analyses.base import AnalysisInfo
+from tessera.core.analyses.program import OneRound, Program
 from tessera.core.analyses.vector import VectorPlan
 from tessera.core.errors import InvalidRequest
 from tessera.core.types import FieldSchema, JobSpec
@@ -48,9 +49,21 @@ def _vector_analyses() -> dict[str, VectorAnalysis]:
 
 
 VECTOR_ANALYSES: dict[str, VectorAnalysis] = _vector_analyses()
+
+
+def _programs() -> dict[str, Program]:
+    from tessera.core.analyses import mean_descent
+
+    one_round: dict[str, Program] = {name: OneRound(m) for name, m in VECTOR_ANALYSES.items()}
+    many: list[Any] = [mean_descent]
+    return one_round | {m.INFO.name: m for m in many}
+
+
+# Every DP analysis is a program of rounds; the one-round ones through ``OneRound``.
+PROGRAMS: dict[str, Program] = _programs()
 ANALYSES: dict[str, AnalysisInfo] = {
     inventory.INFO.name: inventory.INFO,
-    **{name: module.INFO for name, module in VECTOR_ANALYSES.items()},
+    **{name: program.INFO for name, program in PROGRAMS.items()},
 }
 
 
@@ -60,6 +73,13 @@ def get_analysis(name: str) -> AnalysisInfo:
     except KeyError:
         known = ", ".join(sorted(ANALYSES))
         raise InvalidRequest(f"unknown analysis {name!r}; this coordinator runs: {known}") from None
+
+
+def get_program(name: str) -> Program:
+    try:
+        return PROGRAMS[name]
+    except KeyError:
+        raise InvalidRequest(f"analysis {name!r} is not a differentially private analysis") from None
 
 
 def get_vector_analysis(name: str) -> VectorAnalysis:
