@@ -48,6 +48,9 @@ class JobRow(Base):
     dataset: Mapped[str] = mapped_column(String(128), default="")
     released_rho: Mapped[float] = mapped_column(Float, default=0.0)
     charged_nodes: Mapped[str] = mapped_column(Text, default="")
+    # The program driver's state after the last released round (JSON: epoch, next round, public
+    # input, live and dropped nodes), so a restarted coordinator resumes the job from there.
+    driver_state: Mapped[str] = mapped_column(Text, default="")
 
 
 class TaskRow(Base):
@@ -58,6 +61,9 @@ class TaskRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
     node_id: Mapped[str] = mapped_column(String(128))
     round: Mapped[int] = mapped_column(Integer)
+    # Key epoch of the secure-aggregation session the task belongs to (a job re-keys after a
+    # coordinator restart), so a re-run of a round never mixes with its earlier attempt.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
     stage: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))
     stage_input: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
@@ -67,6 +73,23 @@ class TaskRow(Base):
     veto_code: Mapped[str] = mapped_column(String(64), default="")
     veto_reason: Mapped[str] = mapped_column(Text, default="")
     veto_policy_hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+class RoundRow(Base):
+    """One round of a DP job: its planned cost, and once released its trace entry."""
+
+    __tablename__ = "job_rounds"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rho: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # running, released, failed
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    survivors: Mapped[str] = mapped_column(Text, default="")
+    dropped: Mapped[str] = mapped_column(Text, default="")
+    metric_json: Mapped[str] = mapped_column(Text, default="")
+    result_json: Mapped[str] = mapped_column(Text, default="")
 
 
 class EventRow(Base):

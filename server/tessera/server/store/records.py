@@ -45,6 +45,7 @@ class JobRecord:
     participants: tuple[str, ...]
     result_json: str
     error: str
+    driver_state: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class TaskRecord:
     stage_input: bytes
     deadline: datetime | None
     answer: bytes | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +83,20 @@ class AuditRecord:
     action: str
     job_id: str
     outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One round of a DP job (see ``RoundRow``); ``charged`` are the nodes whose masked input the
+    coordinator received in any attempt of the round: each node charged that round's ρ once."""
+
+    job_id: str
+    round: int
+    rho: float
+    state: str
+    started_at: datetime
+    released_at: datetime | None
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    metric_json: str
+    result_json: str

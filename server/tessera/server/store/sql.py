@@ -16,12 +16,13 @@ from tessera.core import serde
 from tessera.core.errors import Conflict, NotFound, StoreError, Unavailable
 from tessera.core.types import DatasetSchema, JobSpec, JobState, PolicySummary, Stage, Veto
 from tessera.server.store.migrate import upgrade
-from tessera.server.store.models import AuditRow, EventRow, JobRow, NodeRow, TaskRow
+from tessera.server.store.models import AuditRow, EventRow, JobRow, NodeRow, RoundRow, TaskRow
 from tessera.server.store.records import (
     AuditRecord,
     EventRecord,
     JobRecord,
     NodeRecord,
+    RoundRecord,
     TaskRecord,
     TaskState,
 )
@@ -186,17 +187,98 @@ class SqlStore:
             return [self._job(r, with_result=False) for r in s.scalars(query)]
 
     def released_charges(self, *, since: datetime) -> list[tuple[str, datetime, float, tuple[str, ...]]]:
-        """(dataset, time, ρ, charged nodes) of every DP release since ``since``."""
-        query = (
-            select(JobRow.dataset, JobRow.updated_at, JobRow.released_rho, JobRow.charged_nodes)
-            .where(JobRow.state == JobState.SUCCEEDED.value)
-            .where(JobRow.released_rho > 0)
-            .where(JobRow.updated_at >= since)
+        """(dataset, time, ρ, charged nodes) of every DP round charged since ``since``.
+
+        A node is charged a round's ρ when its masked input leaves it, whether or not the round is
+        then released (a round whose job failed later still cost its nodes): so every round with
+        an answered masked-input task counts, for the nodes that answered, once per round however
+        many times the round was re-keyed.
+        """
+        rounds = (
+            select(RoundRow.job_id, RoundRow.round, RoundRow.rho, RoundRow.started_at, JobRow.dataset)
+            .join(JobRow, JobRow.job_id == RoundRow.job_id)
+            .where(RoundRow.started_at >= since)
+            .where(RoundRow.rho > 0)
+        )
+        answered = (
+            select(TaskRow.job_id, TaskRow.round, TaskRow.node_id)
+            .where(TaskRow.stage == Stage.MASKED_INPUT.value)
+            .where(TaskRow.state == TaskState.ANSWERED.value)
+            .where(TaskRow.created_at >= since)
+            .distinct()
         )
         with self._tx() as s:
+            charged: dict[tuple[str, int], list[str]] = {}
+            for job_id, round_no, node_id in s.execute(answered):
+                charged.setdefault((job_id, round_no), []).append(node_id)
+            out = []
+            for job_id, round_no, rho, at, dataset in s.execute(rounds):
+                nodes = tuple(sorted(charged.get((job_id, round_no), ())))
+                if nodes:
+                    out.append((dataset, _utc(at), float(rho), nodes))
+            return out
+
+    # -- rounds of DP jobs -----------------------------------------------------------------------
+
+    def start_round(self, job_id: str, *, round: int, rho: float, now: datetime) -> None:
+        """Record that round ``round`` starts (or starts again after a restart) at cost ``rho``."""
+        with self._tx() as s:
+            row = s.get(RoundRow, (job_id, round))
+            if row is None:
+                s.add(RoundRow(job_id=job_id, round=round, rho=rho, state="running", started_at=now))
+            elif row.state != "released":
+                row.state = "running"
+
+    def release_round(
+        self,
+        job_id: str,
+        *,
+        round: int,
+        now: datetime,
+        survivors: Sequence[str],
+        dropped: Sequence[str],
+        metric_json: str,
+        result_json: str,
+        driver_state: str,
+    ) -> None:
+        """Persist a released round and the driver's next state in ONE transaction: a coordinator
+        that dies after this resumes from the next round and never releases this one again."""
+        with self._tx() as s:
+            row = s.get(RoundRow, (job_id, round))
+            if row is None:
+                raise NotFound("no such round")
+            row.state = "released"
+            row.released_at = now
+            row.survivors = ",".join(survivors)
+            row.dropped = ",".join(dropped)
+            row.metric_json = metric_json
+            row.result_json = result_json
+            job = self._job_row(s, job_id, lock=True)
+            job.driver_state = driver_state
+            job.released_rho = (job.released_rho or 0.0) + row.rho
+            job.updated_at = now
+
+    def save_driver_state(self, job_id: str, driver_state: str) -> None:
+        with self._tx() as s:
+            self._job_row(s, job_id, lock=True).driver_state = driver_state
+
+    def rounds_for(self, job_id: str) -> list[RoundRecord]:
+        query = select(RoundRow).where(RoundRow.job_id == job_id).order_by(RoundRow.round)
+        with self._tx() as s:
             return [
-                (dataset, _utc(at), float(rho), tuple(n for n in nodes.split(",") if n))
-                for dataset, at, rho, nodes in s.execute(query)
+                RoundRecord(
+                    job_id=r.job_id,
+                    round=r.round,
+                    rho=float(r.rho),
+                    state=r.state,
+                    started_at=_utc(r.started_at),
+                    released_at=_utc(r.released_at) if r.released_at else None,
+                    survivors=tuple(n for n in r.survivors.split(",") if n),
+                    dropped=tuple(n for n in r.dropped.split(",") if n),
+                    metric_json=r.metric_json,
+                    result_json=r.result_json,
+                )
+                for r in s.scalars(query)
             ]
 
     def update_job(
@@ -287,6 +369,7 @@ class SqlStore:
             participants=tuple(p for p in row.participants.split(",") if p),
             result_json=row.result_json if with_result else "",
             error=row.error,
+            driver_state=row.driver_state or "",
         )
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -302,14 +385,16 @@ class SqlStore:
         deadline: datetime | None,
         stage_input: bytes = b"",
         stage_inputs: Mapping[str, bytes] | None = None,
+        epoch: int = 0,
     ) -> list[TaskRecord]:
         """One task per node; ``stage_inputs`` gives a node its own input (else ``stage_input``)."""
         rows = [
             TaskRow(
-                task_id=f"{job_id}-r{round}-{stage.value}-{node_id}",
+                task_id=f"{job_id}-e{epoch}-r{round}-{stage.value}-{node_id}",
                 job_id=job_id,
                 node_id=node_id,
                 round=round,
+                epoch=epoch,
                 stage=stage.value,
                 state=TaskState.PENDING.value,
                 stage_input=(stage_inputs or {}).get(node_id, stage_input),
@@ -431,6 +516,7 @@ class SqlStore:
             job_id=row.job_id,
             node_id=row.node_id,
             round=row.round,
+            epoch=row.epoch or 0,
             stage=Stage(row.stage),
             state=TaskState(row.state),
             stage_input=row.stage_input or b"",
