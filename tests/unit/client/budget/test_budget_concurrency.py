@@ -52,7 +52,7 @@ def test_eight_concurrent_reservations_when_three_fit(engine: sa.Engine) -> None
     succeeded, refused, errors = _race(task)
     assert errors == []
     assert succeeded == 3 and refused == [PERIOD_EXHAUSTED] * (THREADS - 3)
-    status = BudgetLedger(engine, limits=LIMITS, policy_hash=POLICY_HASH, clock=clock).remaining(DS)
+    status = BudgetLedger(engine, limits=LIMITS, policy_hash=POLICY_HASH, clock=clock).remaining()
     assert status.reservations == 3 and status.rho_reserved <= status.rho_limit
 
 
@@ -70,8 +70,8 @@ def test_eight_concurrent_reserve_and_commit_when_three_fit(engine: sa.Engine) -
     succeeded, refused, errors = _race(task)
     assert errors == []
     assert succeeded == 3 == len(sent) and len(refused) == THREADS - 3
-    status = budget.remaining(DS)
+    status = budget.remaining()
     assert status.releases == 3 and status.reservations == 0 and status.epsilon_spent <= 1.0
     entries = egress.entries()
     assert len(entries) == 3 and egress.verify().ok
-    assert {e.seq for e in entries} == {r.egress_seq for r in budget.history(DS)}
+    assert {e.seq for e in entries} == {r.egress_seq for r in budget.history()}
