@@ -96,7 +96,7 @@ class BudgetLedger:
         self._ttl = reservation_ttl
         self._period = timedelta(days=limits.period_days)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self.create_tables(engine)
+        _migrate.ensure_schema(engine, now=self._now(None))
 
     @staticmethod
     def create_tables(engine: sa.Engine) -> None:
