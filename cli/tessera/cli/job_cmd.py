@@ -304,13 +304,13 @@ def budget(
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     user: User = "analyst",
 ) -> None:
-    """Privacy budget left per node and dataset (the coordinator's mirror; each node is the authority)."""
+    """Privacy budget left per node: one budget for each node's customers, whatever dataset a release
+    read (the coordinator's mirror; each node is the authority)."""
     with _client(coordinator, pki, user) as client:
         views = client.budgets()
     rows = [
         {
             "node": v.node_id,
-            "dataset": v.dataset,
             "period": v.period,
             "epsilon_limit": v.epsilon_limit,
             "epsilon_spent": round(v.epsilon_spent, 4),
@@ -324,13 +324,12 @@ def budget(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="privacy budget (ε composed in zCDP at each node's δ)")
-    for column in ("node", "dataset", "period", "ε per period", "ε spent", "ε left", "releases", "ε per job"):
+    table = Table(title="privacy budget per node, all datasets (ε composed in zCDP at each node's δ)")
+    for column in ("node", "period", "ε per period", "ε spent", "ε left", "releases", "ε per job"):
         table.add_column(column)
     for r in rows:
         table.add_row(
             str(r["node"]),
-            str(r["dataset"]),
             str(r["period"]),
             f"{r['epsilon_limit']:g}",
             f"{r['epsilon_spent']:.3f}",

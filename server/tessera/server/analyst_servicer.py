@@ -12,7 +12,7 @@ from tessera.core import serde
 from tessera.core.errors import AuthError, TesseraError
 from tessera.core.grpc_status import abort
 from tessera.core.types import PeerIdentity, Stage
-from tessera.server.budget_mirror import budget_views
+from tessera.server.budget_mirror import NODE_BUDGET, node_budgets
 from tessera.server.jobs import JobService
 from tessera.server.node_servicer import Identify
 from tessera.server.notifier import Notifier
@@ -171,14 +171,14 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
     ) -> analyst_pb2.ListBudgetsResponse:
         try:
             self._analyst(context)
-            views = budget_views(self.jobs.store, self.jobs.nodes(), now=self.jobs.clock())
+            views = node_budgets(self.jobs.store, self.jobs.nodes(), now=self.jobs.clock())
         except TesseraError as exc:
             abort(context, exc)
         return analyst_pb2.ListBudgetsResponse(
             budgets=[
                 analyst_pb2.BudgetView(
                     node_id=v.node_id,
-                    dataset=v.dataset,
+                    dataset=NODE_BUDGET,  # one budget per node: its customers, all datasets
                     period=f"{v.period_days}d",
                     epsilon_limit=v.epsilon_limit,
                     epsilon_spent=v.epsilon_spent,

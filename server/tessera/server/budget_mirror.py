@@ -1,7 +1,10 @@
 """The coordinator's mirror of the nodes' privacy budgets, for planning and for refusing hopeless
 jobs early. Each node's own ledger is the authority and vetoes on its own; this mirror only
-reads what the coordinator saw released: the ρ of each succeeded DP job, charged to the nodes
-whose masked input was in the sum, composed per node and dataset over the node's rolling period.
+reads what the coordinator saw released: the ρ of each DP release, charged to the nodes whose
+masked input was in the sum, composed per node over the node's rolling period.
+
+A node has ONE budget for its customers, whatever dataset a release read (DESIGN §4: the unit of
+privacy is one customer, joined across datasets by One ID), so the mirror keeps one view per node.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from datetime import datetime, timedelta
 from tessera.core.dp import rho_for, rho_to_epsilon
 from tessera.server.store import NodeRecord, SqlStore
 
+# What a node's budget covers, for wire fields that still name a dataset (analyst BudgetView).
+NODE_BUDGET = "customers"
+
 
 @dataclass(frozen=True, slots=True)
 class BudgetView:
+    """One node's budget as far as the coordinator knows: every release it saw, of any dataset."""
+
     node_id: str
-    dataset: str
     period_days: int
     epsilon_limit: float
     epsilon_per_job: float
@@ -42,35 +49,55 @@ class BudgetView:
         return rho_to_epsilon(rho, delta=self.delta) <= self.epsilon_limit * (1 + 1e-9)
 
 
+@dataclass(frozen=True, slots=True)
+class DatasetBudgetView:
+    """A node's one budget looked up by one of its datasets (every dataset shows the same budget)."""
+
+    node_id: str
+    dataset: str
+    budget: BudgetView
+
+    def admits(self, *, epsilon: float, delta: float) -> bool:
+        return self.budget.admits(epsilon=epsilon, delta=delta)
+
+
 def _period_days(node: NodeRecord) -> int:
     text = node.policy.period.strip().lower()
     return int(text[:-1]) if text.endswith("d") and text[:-1].isdigit() else 30
 
 
-def budget_views(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime) -> list[BudgetView]:
-    """One view per (node, dataset the node publishes)."""
+def node_budgets(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime) -> list[BudgetView]:
+    """One view per node: the ρ of every release it was charged for in its period, any dataset."""
     longest = max((_period_days(n) for n in nodes), default=30)
-    spent: dict[tuple[str, str], list[tuple[datetime, float]]] = {}
-    for dataset, at, rho, charged in store.released_charges(since=now - timedelta(days=longest)):
+    spent: dict[str, list[tuple[datetime, float]]] = {}
+    for _dataset, at, rho, charged in store.released_charges(since=now - timedelta(days=longest)):
         for node_id in charged:
-            spent.setdefault((node_id, dataset), []).append((at, rho))
+            spent.setdefault(node_id, []).append((at, rho))
     views = []
     for node in nodes:
         days = _period_days(node)
-        for dataset in sorted(d.name for d in node.datasets):
-            charges = [
-                rho for at, rho in spent.get((node.node_id, dataset), []) if at >= now - timedelta(days=days)
-            ]
-            views.append(
-                BudgetView(
-                    node_id=node.node_id,
-                    dataset=dataset,
-                    period_days=days,
-                    epsilon_limit=node.policy.epsilon_per_period,
-                    epsilon_per_job=node.policy.epsilon_per_job,
-                    delta=node.policy.delta if node.policy.delta > 0 else 1e-9,
-                    rho_spent=math.fsum(charges),
-                    releases=len(charges),
-                )
+        charges = [rho for at, rho in spent.get(node.node_id, []) if at >= now - timedelta(days=days)]
+        views.append(
+            BudgetView(
+                node_id=node.node_id,
+                period_days=days,
+                epsilon_limit=node.policy.epsilon_per_period,
+                epsilon_per_job=node.policy.epsilon_per_job,
+                delta=node.policy.delta if node.policy.delta > 0 else 1e-9,
+                rho_spent=math.fsum(charges),
+                releases=len(charges),
             )
+        )
     return views
+
+
+def budget_views(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime) -> list[DatasetBudgetView]:
+    """The node budgets keyed by (node, each dataset it publishes), for callers that look a budget
+    up by a job's dataset; every dataset of a node maps to the node's one budget. Prefer
+    :func:`node_budgets` keyed by node id."""
+    by_node = {v.node_id: v for v in node_budgets(store, nodes, now=now)}
+    return [
+        DatasetBudgetView(node.node_id, dataset, by_node[node.node_id])
+        for node in nodes
+        for dataset in sorted(d.name for d in node.datasets)
+    ]

@@ -97,7 +97,7 @@ def _assert_refused(out: Outgoing, code: str, data: ReadSpy, ledgers: object) ->
     assert out.veto.veto.code == code, out.veto.veto
     assert out.reservation is None and out.record.rho == 0
     assert data.reads == 0
-    status = ledgers.budget.remaining("customers")  # type: ignore[attr-defined]
+    status = ledgers.budget.remaining()  # type: ignore[attr-defined]
     assert status.rho_reserved == 0 and status.rho_spent == 0
 
 
@@ -106,7 +106,7 @@ def test_a_valid_task_is_advertised_and_reserves_budget_without_reading_data(nod
     out = runner.handle(_task(pki_dir, _spec()))
     assert out.message is not None and out.message.WhichOneof("body") == "secagg"
     assert data.reads == 0
-    assert ledgers.budget.remaining("customers").rho_reserved > 0
+    assert ledgers.budget.remaining().rho_reserved > 0
 
 
 def test_too_few_participants(node, pki_dir: Path) -> None:

@@ -1,5 +1,6 @@
-"""The node's privacy-budget ledger (DESIGN §4): reserve before data is read, charge in the same
-transaction as the egress record, release what is not used; ρ adds, ε is only displayed."""
+"""The node's privacy-budget ledger (DESIGN §4): one budget per node for all its customers; a job's
+total is reserved before data is read, each round is charged in the same transaction as its egress
+record, what a job does not use is released; ρ adds, ε is only displayed."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ from tessera.client.budget.records import (
     DELTA_EXCEEDED,
     EPSILON_PER_JOB_EXCEEDED,
     PERIOD_EXHAUSTED,
+    RESERVATION_EXCEEDED,
     BudgetRefused,
     BudgetStatus,
     Reservation,
     ReservationState,
+    RoundCharge,
 )
 
 __all__ = [
     "DELTA_EXCEEDED",
     "EPSILON_PER_JOB_EXCEEDED",
     "PERIOD_EXHAUSTED",
+    "RESERVATION_EXCEEDED",
     "BudgetLedger",
     "BudgetRefused",
     "BudgetStatus",
     "Reservation",
     "ReservationState",
+    "RoundCharge",
     "metadata",
 ]

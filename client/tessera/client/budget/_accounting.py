@@ -18,6 +18,8 @@ from tessera.core.errors import ConfigError, InvalidRequest
 from tessera.core.policy.model import PrivacyLimits
 
 _MECHANISM = "budget"
+# A release may cost a hair more than its reservation through float rounding of the same maths.
+RHO_SLACK = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +87,34 @@ def largest_job(used: Sequence[Charge], capacity: Capacity) -> float:
     if all(c.pure for c in used):
         best = max(best, limits.epsilon_per_period - math.fsum(c.epsilon for c in used))
     return max(0.0, min(best, limits.epsilon_per_job))
+
+
+def check_plan(*, epsilon: float, delta: float, rho: float | None, rounds: int) -> float:
+    """The ρ to reserve for a job of ``rounds`` rounds stating (ε, δ); ``rho`` is its priced total.
+
+    Without ``rho`` the job costs the largest ρ meeting (ε, δ). With it (the sum of the rounds'
+    ρ, zCDP composition), it must be positive and fit within (ε, δ). Several rounds or a priced
+    ρ need δ > 0: they are accounted in zCDP, whose conversion needs a δ.
+    """
+    check_request(epsilon, delta)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise InvalidRequest("a budget request needs rounds as a whole number of at least 1")
+    if delta == 0 and (rounds > 1 or rho is not None):
+        raise InvalidRequest("a job of several rounds, or priced in rho, needs delta above 0")
+    ceiling = job_rho(epsilon=epsilon, delta=delta)
+    if rho is None:
+        return ceiling
+    if isinstance(rho, bool) or not isinstance(rho, int | float) or not math.isfinite(rho) or rho <= 0:
+        raise InvalidRequest("a budget request needs rho as a positive finite number")
+    if rho > ceiling * (1 + RHO_SLACK):
+        raise InvalidRequest("the job's rounds cost more rho than its stated epsilon and delta allow")
+    return float(rho)
+
+
+def round_epsilon(*, rho: float, reserved_rho: float, epsilon: float, delta: float) -> float:
+    """ε shown for one round charge of ``rho`` out of a reservation of ``reserved_rho`` at (ε, δ)."""
+    if math.isclose(rho, reserved_rho, rel_tol=RHO_SLACK):
+        return epsilon
+    if delta == 0:
+        return math.sqrt(2 * rho)  # a pure release of ρ = ε²/2
+    return rho_to_epsilon(rho, delta=delta)

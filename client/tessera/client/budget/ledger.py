@@ -1,22 +1,32 @@
-"""The node's privacy-budget ledger: reserve before reading data, charge with the egress record.
+"""The node's privacy-budget ledger: reserve before reading data, charge each round with its egress record.
 
-Lifecycle of a DP task on one dataset (DESIGN §4):
+The unit of privacy is one customer of the node, across all its datasets (DESIGN §4), so the node
+has ONE budget: every release of any dataset is charged to it; the dataset a job reads is recorded
+on its reservation for the history, nothing more.
 
-1. ``reserve`` when the task arrives, before any data is read: the job's (ε, δ) becomes ρ, the
-   per-job and rolling-period limits are checked and a reservation row is written, atomically. A
-   refusal raises :class:`BudgetRefused` (a ``PolicyViolation``) — the node's veto.
-2. ``commit`` (or ``commit_and_send``) when the noisy, masked payload is ready: the reservation
-   becomes a spent charge and the payload is appended to the egress ledger in ONE transaction; only
-   then may the payload leave.
-3. ``release`` if the job is vetoed, fails or times out. A reservation nobody settles stops
-   counting after ``reservation_ttl`` (default one hour); committing it later re-checks the budget.
+Lifecycle of a DP job (one round or many):
 
-Concurrency: every writer first locks the dataset's row in ``budget_datasets`` (SQLite: the
-database write lock; PostgreSQL: a row lock; see ``_store``) and only then reads what is spent and
-reserved, so writers of one dataset queue across threads and processes and two reservations can
-never both take the last of a budget. ``commit`` then locks the egress head (the egress ledger's
-own lock), always in this order, so the two locks cannot deadlock each other.
-The egress ledger passed to ``commit`` must use the same database as this ledger.
+1. ``reserve`` when the job arrives, before any data is read: the job's total ρ — every round
+   composed (ρ adds in zCDP), given as ``rho`` or derived from the job's (ε, δ) — is checked
+   against the per-job and rolling-period limits and held, atomically. A refusal raises
+   :class:`BudgetRefused` (a ``PolicyViolation``): the node's veto.
+2. ``charge`` (or ``charge_and_send``) each round when its noisy, masked payload is ready: the
+   round's ρ is spent from the reservation and the payload appended to the egress ledger in ONE
+   transaction; only then may the payload leave. A round charged again (re-sent after a
+   coordinator restart) is not charged twice. ``commit`` charges a one-round job in one piece.
+3. ``release`` (or its alias ``finish``) when the job ends, successfully or not: what was charged
+   stays spent, the unspent rest is given back.
+
+Expiry: an open reservation nobody charges or releases stops holding its remainder after
+``reservation_ttl`` (default one hour). Every charge (and a repeated ``reserve``) renews the
+time-to-live, so a job of many rounds stays covered as long as no gap between its rounds is longer
+than the TTL; charging after it expired re-checks that the whole remainder still fits the period.
+
+Concurrency: every writer first locks the node's row in ``budget_node`` (SQLite: the database
+write lock; PostgreSQL: a row lock; see ``_store``) and only then reads what is spent and reserved,
+so writers queue across threads and processes and two reservations can never both take the last of
+the budget. A charge then locks the egress head (the egress ledger's own lock), always in this
+order, so the two locks cannot deadlock. The egress ledger passed in must use this ledger's database.
 """
 
 from __future__ import annotations
@@ -29,21 +39,22 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from tessera.client.budget import _store
+from tessera.client.budget import _migrate, _store
 from tessera.client.budget._accounting import (
+    RHO_SLACK,
     Capacity,
     as_charge,
-    check_request,
+    check_plan,
     composed_epsilon,
     fits,
-    job_rho,
     largest_job,
+    round_epsilon,
 )
-from tessera.client.budget._schema import BudgetEntryRow
+from tessera.client.budget._requests import check_job_limits, check_name, check_release, check_round
+from tessera.client.budget._schema import BudgetChargeRow, BudgetReservationRow
 from tessera.client.budget.records import (
-    DELTA_EXCEEDED,
-    EPSILON_PER_JOB_EXCEEDED,
     PERIOD_EXHAUSTED,
+    RESERVATION_EXCEEDED,
     BudgetRefused,
     BudgetStatus,
     Reservation,
@@ -56,23 +67,14 @@ from tessera.core.policy.model import PrivacyLimits
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
-_MAX_NAME = 128
-# A release may cost a hair more than its reservation through float rounding of the same maths.
-_RHO_SLACK = 1e-9
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_name(what: str, value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_NAME:
-        raise InvalidRequest(f"a budget {what} must be text of 1 to {_MAX_NAME} characters")
-    return value
-
-
 class BudgetLedger:
-    """Reserve, charge, release and report one node's privacy budget per dataset."""
+    """Reserve, charge, release and report the node's one privacy budget (all datasets together)."""
 
     def __init__(
         self,
@@ -94,15 +96,14 @@ class BudgetLedger:
         self._ttl = reservation_ttl
         self._period = timedelta(days=limits.period_days)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self.create_tables(engine)
+        _migrate.ensure_schema(engine, now=self._now(None))
 
     @staticmethod
     def create_tables(engine: sa.Engine) -> None:
-        """Create the budget tables if missing (idempotent, safe for processes starting together).
-
-        ``tessera.client.budget.metadata`` holds them for migrations.
-        """
-        _store.create_tables(engine)
+        """Create the budget tables, or upgrade a per-dataset (version 1) ledger to one budget per
+        node, keeping every reservation and charge (see ``_migrate``). Idempotent, transactional,
+        safe for processes starting together. ``tessera.client.budget.metadata`` holds the tables."""
+        _migrate.ensure_schema(engine, now=_utcnow())
 
     @property
     def limits(self) -> PrivacyLimits:
@@ -111,60 +112,101 @@ class BudgetLedger:
     # -- writing -----------------------------------------------------------------------------------
 
     def reserve(
-        self, *, job_id: str, dataset: str, epsilon: float, delta: float, now: datetime | None = None
+        self,
+        *,
+        job_id: str,
+        epsilon: float,
+        delta: float,
+        rho: float | None = None,
+        rounds: int = 1,
+        dataset: str | None = None,
+        now: datetime | None = None,
     ) -> Reservation:
-        """Hold (ε, δ) of ``dataset``'s budget for ``job_id``; call BEFORE reading any data.
+        """Hold a job's total cost of the node's budget; call BEFORE reading any data.
 
-        ``delta = 0`` asks for pure ε-DP (charged ρ = ε²/2). Raises :class:`BudgetRefused` with
-        code ``budget.epsilon_per_job_exceeded``, ``budget.delta_exceeded`` or
-        ``budget.period_exhausted`` and changes nothing. Repeating a reserve with the same (ε, δ)
-        returns the same reservation (a released or expired one is taken up again if it still
-        fits); a repeat with other (ε, δ) raises ``Conflict``. Cost: one short write transaction.
+        ``epsilon``/``delta`` are what the job states (``delta = 0``: pure ε-DP, one round, charged
+        ρ = ε²/2). ``rho`` is the job's priced total over its ``rounds`` rounds (zCDP: the rounds'
+        ρ add); without it the largest ρ meeting (ε, δ) is held. ``dataset`` is recorded only.
+        The per-job and rolling-period limits are checked against the job's TOTAL. Raises
+        :class:`BudgetRefused` (``budget.epsilon_per_job_exceeded``, ``budget.delta_exceeded``,
+        ``budget.period_exhausted``) and changes nothing. Idempotent per job: repeating it with the
+        same arguments returns the same reservation (renewing its time-to-live while open; an
+        expired one, or a released one nothing was charged to, is taken up again if it still
+        fits); other arguments raise ``Conflict``, as does a job that was released after spending.
         """
-        _check_name("job id", job_id)
-        _check_name("dataset name", dataset)
-        check_request(epsilon, delta)
-        limits = self._capacity.limits
-        if epsilon > limits.epsilon_per_job:
-            raise BudgetRefused(
-                f"The job asks for epsilon {epsilon:g} but this node allows at most "
-                f"{limits.epsilon_per_job:g} per job, so nothing was reserved.",
-                code=EPSILON_PER_JOB_EXCEEDED,
-            )
-        if delta > limits.delta:
-            raise BudgetRefused(
-                f"The job asks for delta {delta:g} but this node allows at most {limits.delta:g}, "
-                "so nothing was reserved.",
-                code=DELTA_EXCEEDED,
-            )
-        # The bisection runs before the lock is taken, so other writers never wait for it.
-        new = as_charge(rho=job_rho(epsilon=epsilon, delta=delta), epsilon=epsilon, delta=delta)
+        check_name("job id", job_id)
+        if dataset is not None:
+            check_name("dataset name", dataset)
+        total = check_plan(epsilon=epsilon, delta=delta, rho=rho, rounds=rounds)  # bisection: no lock held
+        check_job_limits(self._capacity.limits, epsilon=epsilon, delta=delta)
         moment = self._now(now)
 
         def work(session: Session) -> Reservation:
-            row = _store.find_job(session, dataset, job_id)
+            row = _store.find_job(session, job_id)
             if row is not None:
-                if (row.epsilon, row.delta) != (epsilon, delta):
-                    raise Conflict("this job already holds a reservation of a different size")
-                current = _store.reservation_of(row, moment)
-                if current.state in (ReservationState.RESERVED, ReservationState.SPENT):
+                same = (row.epsilon, row.delta, row.rounds, row.dataset) == (epsilon, delta, rounds, dataset)
+                if not same or not math.isclose(row.rho, total, rel_tol=RHO_SLACK):
+                    raise Conflict("this job already holds a reservation of a different size or dataset")
+                current = _store.load(session, row, moment)
+                if current.state is ReservationState.RESERVED:
+                    row.expires_at = moment + self._ttl
+                    return _store.load(session, row, moment)
+                if current.state is ReservationState.SPENT:
                     return current
-            used = self._used(session, dataset, moment, exclude=None if row is None else row.id)
-            if not fits(used, new, self._capacity):
-                raise self._exhausted(dataset, epsilon, used)
+                if current.state is ReservationState.RELEASED and current.charges:
+                    raise Conflict("this job already ended on this node; its unspent budget was given back")
+                need = _store.hold_of(row, current.rho_spent, len(current.charges))
+            else:
+                need = as_charge(rho=total, epsilon=epsilon, delta=delta)
+            used = self._used(session, moment, exclude=None if row is None else row.id)
+            if not fits(used, need, self._capacity):
+                raise self._exhausted(epsilon, used)
             if row is None:
-                row = BudgetEntryRow(dataset=dataset, job_id=job_id, epsilon=epsilon, delta=delta)
+                row = BudgetReservationRow(
+                    job_id=job_id, dataset=dataset, epsilon=epsilon, delta=delta, rho=total, rounds=rounds
+                )
+                row.created_at = moment
                 session.add(row)
             row.state = ReservationState.RESERVED.value
-            row.rho = new.rho
             row.policy_hash = self._policy_hash
-            row.created_at = moment
             row.expires_at = moment + self._ttl
             row.settled_at = None
-            session.flush()
-            return _store.reservation_of(row, moment)
+            return _store.load(session, row, moment)
 
-        return _store.run_locked(self._sessions, dataset, moment, work)
+        return _store.run_locked(self._sessions, work)
+
+    def charge(
+        self,
+        reservation: Reservation,
+        *,
+        round_no: int,
+        rho: float,
+        egress: EgressLedger,
+        record: EgressRecord,
+        payload: bytes,
+        now: datetime | None = None,
+    ) -> EgressEntry:
+        """Spend ``rho`` of ``reservation`` for round ``round_no`` and append ``record`` for
+        ``payload``, in ONE transaction: if either fails, neither happens. Send only after this returns.
+
+        ``record`` must be of the reservation's job and of round ``round_no``, and cost at most
+        ``rho``. Refuses with ``BudgetRefused`` (``budget.reservation_exceeded``), writing nothing,
+        if ``rho`` exceeds what the job still holds or every priced round was already charged; an
+        expired reservation is charged only if its whole remainder still fits the period
+        (``budget.period_exhausted``). Renews the reservation's time-to-live. When nothing is left
+        the reservation closes as spent.
+
+        Idempotent per (job, round): charging a round again with the same ``rho`` charges nothing
+        more but still appends the egress record of the new payload (a round re-run with fresh
+        keys, e.g. after a coordinator restart). This is sound only because the earlier attempt
+        can never be unmasked: the caller must have dropped that attempt's secrets. Another ``rho``
+        for a charged round raises ``Conflict``, as does any charge of a released reservation.
+        """
+        check_release(reservation, record, rho=rho)
+        check_round(round_no, record)
+        return self._charge(
+            reservation, round_no, rho, egress=egress, record=record, payload=payload, now=now
+        )
 
     def commit(
         self,
@@ -175,41 +217,35 @@ class BudgetLedger:
         payload: bytes,
         now: datetime | None = None,
     ) -> EgressEntry:
-        """Spend ``reservation`` and append ``record`` for ``payload`` in ONE transaction.
+        """Charge a one-round job's whole reservation (as round 1) with ``record``, in ONE transaction.
 
-        If either fails, neither happens. ``record`` must belong to the reservation's job and cost
-        at most the reserved ρ; the full reserved ρ is charged. A reservation that expired is
-        charged only if the period can still take it. Send the payload only after this returns
-        (see :meth:`commit_and_send`). Raises ``Conflict`` if already spent or released.
+        The same as :meth:`charge` with ``round_no=1`` and ``rho=reservation.rho`` (the record may
+        carry any round number): committing again appends the record but charges nothing more.
         """
-        if not isinstance(reservation, Reservation):
-            raise TypeError("reservation must be a Reservation")
-        if not isinstance(record, EgressRecord):
-            raise TypeError("record must be an EgressRecord")
-        if record.job_id != reservation.job_id:
-            raise InvalidRequest("the egress record belongs to another job than the reservation")
-        if record.rho > reservation.rho * (1 + _RHO_SLACK):
-            raise InvalidRequest("the release costs more privacy budget than its reservation holds")
-        moment = self._now(now)
+        check_release(reservation, record, rho=reservation.rho)
+        if reservation.rounds != 1:
+            raise InvalidRequest("a job of several rounds is charged round by round (charge), not committed")
+        return self._charge(
+            reservation, 1, reservation.rho, egress=egress, record=record, payload=payload, now=now
+        )
 
-        def work(session: Session) -> EgressEntry:
-            row = _store.row_of(session, reservation)
-            current = _store.reservation_of(row, moment)
-            if current.state in (ReservationState.SPENT, ReservationState.RELEASED):
-                raise Conflict(f"this reservation is already {current.state.value}")
-            if current.state is ReservationState.EXPIRED:
-                used = self._used(session, row.dataset, moment, exclude=row.id)
-                if not fits(used, _store.charge_of(row), self._capacity):
-                    raise self._exhausted(row.dataset, row.epsilon, used)
-            row.state = ReservationState.SPENT.value
-            row.settled_at = moment
-            session.flush()
-            entry = egress.record(record, payload, session=session)
-            row.egress_seq = entry.seq
-            session.flush()
-            return entry
+    def charge_and_send(
+        self,
+        reservation: Reservation,
+        egress: EgressLedger,
+        record: EgressRecord,
+        payload: bytes,
+        send: Callable[[bytes], T],
+        *,
+        round_no: int,
+        rho: float,
+    ) -> T:
+        """:meth:`charge`, then ``send(payload)``; nothing is sent if the charge fails.
 
-        return _store.run_locked(self._sessions, reservation.dataset, moment, work)
+        If ``send`` fails the charge and the entry stay: a release that may have left is paid for.
+        """
+        self.charge(reservation, round_no=round_no, rho=rho, egress=egress, record=record, payload=payload)
+        return send(payload)
 
     def commit_and_send(
         self,
@@ -227,9 +263,11 @@ class BudgetLedger:
         return send(payload)
 
     def release(self, reservation: Reservation, *, now: datetime | None = None) -> Reservation:
-        """Give back a reservation that will not be used (vetoed, failed, timed out).
+        """End a job's reservation: rounds charged stay spent, the unspent rest is given back.
 
-        Idempotent for released ones; raises ``Conflict`` for a spent one (a charge is final).
+        Call it when the job ends, whether it finished, was vetoed, failed or timed out. The
+        reservation closes as ``spent`` if nothing was left, else ``released``. Idempotent: a closed
+        reservation is returned as it is.
         """
         if not isinstance(reservation, Reservation):
             raise TypeError("reservation must be a Reservation")
@@ -237,29 +275,28 @@ class BudgetLedger:
 
         def work(session: Session) -> Reservation:
             row = _store.row_of(session, reservation)
-            if row.state == ReservationState.SPENT.value:
-                raise Conflict("a spent reservation cannot be released")
-            if row.state == ReservationState.RESERVED.value:
-                row.state = ReservationState.RELEASED.value
+            if _store.is_open(row):
+                left = row.rho - _store.spent_of(session, row.id)
+                done = left <= RHO_SLACK * row.rho
+                row.state = (ReservationState.SPENT if done else ReservationState.RELEASED).value
                 row.settled_at = moment
-                session.flush()
-            return _store.reservation_of(row, moment)
+            return _store.load(session, row, moment)
 
-        return _store.run_locked(self._sessions, reservation.dataset, moment, work)
+        return _store.run_locked(self._sessions, work)
+
+    def finish(self, reservation: Reservation, *, now: datetime | None = None) -> Reservation:
+        """The same as :meth:`release`: the name reads better when a job ends successfully."""
+        return self.release(reservation, now=now)
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def remaining(self, dataset: str, *, now: datetime | None = None) -> BudgetStatus:
-        """The budget of ``dataset`` over the rolling period ending now (see :class:`BudgetStatus`)."""
-        _check_name("dataset name", dataset)
+    def remaining(self, *, now: datetime | None = None) -> BudgetStatus:
+        """The node's budget over the rolling period ending now (see :class:`BudgetStatus`)."""
         moment = self._now(now)
         with self._sessions.begin() as session:
-            rows = _store.window_rows(session, dataset, moment, self._period)
-        spent = [_store.charge_of(r) for r in rows if r.state == ReservationState.SPENT.value]
-        held = [_store.charge_of(r) for r in rows if r.state == ReservationState.RESERVED.value]
+            spent, held = _store.window(session, moment, self._period)
         limits = self._capacity.limits
         return BudgetStatus(
-            dataset=dataset,
             rho_spent=math.fsum(c.rho for c in spent),
             rho_reserved=math.fsum(c.rho for c in held),
             rho_limit=self._capacity.rho_limit,
@@ -276,15 +313,83 @@ class BudgetLedger:
             reservations=len(held),
         )
 
-    def history(self, dataset: str, *, now: datetime | None = None) -> list[Reservation]:
-        """Every reservation and charge of ``dataset`` ever made, oldest first."""
-        _check_name("dataset name", dataset)
+    def history(self, *, job_id: str | None = None, now: datetime | None = None) -> list[Reservation]:
+        """Every reservation ever made (or ``job_id``'s), oldest first, with its round charges."""
         moment = self._now(now)
-        query = sa.select(BudgetEntryRow).where(BudgetEntryRow.dataset == dataset).order_by(BudgetEntryRow.id)
+        query = sa.select(BudgetReservationRow).order_by(BudgetReservationRow.id)
+        if job_id is not None:
+            query = query.where(BudgetReservationRow.job_id == check_name("job id", job_id))
         with self._sessions.begin() as session:
-            return [_store.reservation_of(row, moment) for row in session.scalars(query)]
+            rows = list(session.scalars(query))
+            charges = _store.charges_of(session, [r.id for r in rows])
+            return [_store.reservation_of(row, charges[row.id], moment) for row in rows]
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _charge(
+        self,
+        reservation: Reservation,
+        round_no: int,
+        rho: float,
+        *,
+        egress: EgressLedger,
+        record: EgressRecord,
+        payload: bytes,
+        now: datetime | None,
+    ) -> EgressEntry:
+        """The locked part of charge and commit (arguments already checked)."""
+        epsilon = round_epsilon(
+            rho=rho, reserved_rho=reservation.rho, epsilon=reservation.epsilon, delta=reservation.delta
+        )
+        moment = self._now(now)
+
+        def work(session: Session) -> EgressEntry:
+            row = _store.row_of(session, reservation)
+            done = _store.charge_row(session, row.id, round_no)
+            if row.state == ReservationState.RELEASED.value:
+                raise Conflict("this job's reservation was released; it can be charged no more")
+            if done is not None:
+                if not math.isclose(done.rho, rho, rel_tol=RHO_SLACK):
+                    raise Conflict(f"round {round_no} of this job was already charged another rho")
+                entry = egress.record(record, payload, session=session)
+                done.attempts += 1
+                done.egress_seq = entry.seq
+                if _store.is_open(row):
+                    row.expires_at = moment + self._ttl
+                session.flush()
+                return entry
+            if not _store.is_open(row):
+                raise Conflict(f"this reservation is already {row.state}")
+            current = _store.load(session, row, moment)
+            left = row.rho - current.rho_spent
+            if rho > left + RHO_SLACK * row.rho or len(current.charges) >= row.rounds:
+                raise BudgetRefused(
+                    f"Round {round_no} would spend rho {rho:.3g} but job {row.job_id!r} holds only "
+                    f"{max(left, 0.0):.3g} for {row.rounds - len(current.charges)} more round(s) of the "
+                    f"{row.rounds} it reserved, so nothing was charged.",
+                    code=RESERVATION_EXCEEDED,
+                )
+            if current.state is ReservationState.EXPIRED:
+                used = self._used(session, moment, exclude=row.id)
+                hold = _store.hold_of(row, current.rho_spent, len(current.charges))
+                if not fits(used, hold, self._capacity):
+                    raise self._exhausted(row.epsilon, used)
+            charge = BudgetChargeRow(
+                reservation_id=row.id, round_no=round_no, rho=float(rho), epsilon=epsilon, attempts=1
+            )
+            charge.charged_at = moment
+            session.add(charge)
+            session.flush()
+            entry = egress.record(record, payload, session=session)
+            charge.egress_seq = entry.seq
+            row.expires_at = moment + self._ttl
+            if left - rho <= RHO_SLACK * row.rho:
+                row.state = ReservationState.SPENT.value
+                row.settled_at = moment
+            session.flush()
+            return entry
+
+        return _store.run_locked(self._sessions, work)
 
     def _now(self, now: datetime | None) -> datetime:
         moment = self._clock() if now is None else now
@@ -292,15 +397,15 @@ class BudgetLedger:
             raise InvalidRequest("budget times need a time zone")
         return moment.astimezone(UTC)
 
-    def _used(self, session: Session, dataset: str, moment: datetime, *, exclude: int | None) -> list[Charge]:
-        rows = _store.window_rows(session, dataset, moment, self._period, exclude=exclude)
-        return [_store.charge_of(r) for r in rows]
+    def _used(self, session: Session, moment: datetime, *, exclude: int | None) -> list[Charge]:
+        spent, held = _store.window(session, moment, self._period, exclude=exclude)
+        return spent + held
 
-    def _exhausted(self, dataset: str, epsilon: float, used: list[Charge]) -> BudgetRefused:
+    def _exhausted(self, epsilon: float, used: list[Charge]) -> BudgetRefused:
         limits = self._capacity.limits
         return BudgetRefused(
-            f"The {limits.period_days}-day privacy budget of dataset {dataset!r} cannot cover epsilon "
-            f"{epsilon:g}: the largest job it can take now is epsilon "
+            f"The {limits.period_days}-day privacy budget of this node's customers cannot cover "
+            f"epsilon {epsilon:g}: the largest job it can take now is epsilon "
             f"{largest_job(used, self._capacity):.3g} of {limits.epsilon_per_period:g} per period.",
             code=PERIOD_EXHAUSTED,
         )
