@@ -137,7 +137,7 @@ class Grouping:
     labels: tuple[str, ...]
 
     def index(self, data: Mapping[str, Any]) -> IntArray:
-        """Group of each customer; values outside the list and missing values go to ``other``."""
+        """Group of each row; values outside the list and missing values go to ``other``."""
         if self.field is None:
             raise InvalidRequest("this grouping has no field: use the row count instead")
         idx = label_index(data[self.field], self.labels[:-1])
