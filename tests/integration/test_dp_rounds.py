@@ -71,7 +71,8 @@ def test_count_by_region_is_released_charged_and_recorded(fed: Federation) -> No
     for name in ("bank", "telco", "retailer"):
         assert _spent(fed, name) > 0
         (entry,) = _masked_entries(fed, name)
-        assert entry.record.rho > 0 and entry.record.fields == ("region",)
+        # The customer key is read too (to bound each customer), and recorded as touched.
+        assert entry.record.rho > 0 and entry.record.fields == ("region", "customer_id")
         assert fed.ledgers(name).egress.verify().ok
 
 
@@ -198,3 +199,17 @@ def test_result_json_is_stable_and_carries_intervals(fed: Federation) -> None:
     assert low <= cell["mean"]["value"] <= high
     json.dumps(doc)
     wait_for(lambda: True)
+
+
+def test_a_csv_node_that_cannot_tell_its_customers_apart_vetoes_and_spends_nothing(fed: Federation) -> None:
+    import yaml
+
+    datasets = yaml.safe_load((Path(__file__).parents[2] / "policies" / "bank.yaml").read_text())["datasets"]
+    del datasets["customers"]["customer_key"]
+    fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, datasets=datasets))
+    _start(fed, ("telco", "retailer"))
+    refused = _run(fed, _count(group_by="region", groups=("north", "south")))
+    assert refused["status"] == "failed"
+    (veto,) = [v for v in refused["vetoes"] if v["node_id"] == "bank"]
+    assert veto["code"] == "policy.customer_key_required" and "customer_key" in veto["reason"]
+    assert _spent(fed, "bank") == 0 and _masked_entries(fed, "bank") == []

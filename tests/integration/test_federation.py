@@ -73,11 +73,12 @@ def test_inventory_reports_every_node_schema_and_never_values(fed: Federation) -
 
 
 def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> None:
-    doc = _run(fed, JobSpec(analysis="inventory", dataset="transactions", purpose="research"))
+    # The example policies classify customers and transactions, not events.
+    doc = _run(fed, JobSpec(analysis="inventory", dataset="events", purpose="research"))
     assert doc["status"] == "failed"
     assert {v["node_id"] for v in doc["vetoes"]} == set(PARTNERS)
     assert {v["code"] for v in doc["vetoes"]} == {"policy.unknown_dataset"}
-    assert "transactions" in doc["error"]
+    assert "events" in doc["error"]
 
 
 def test_hopeless_job_is_refused_before_any_node_is_asked(fed: Federation) -> None:

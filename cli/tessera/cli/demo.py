@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ import yaml
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyst_client import AnalystClient
-from tessera.cli.demo_data import write_customers
+from tessera.cli.demo_data import CHANNELS, write_customers, write_transactions
 from tessera.cli.demo_truth import add_truth
 from tessera.cli.job_cmd import render_result
 from tessera.client.vault.ingest import Ingestor
@@ -65,15 +65,17 @@ class _Proc:
     log: Path
 
 
-def ingest_raw(state_dir: Path, policy: Policy, raw: Path) -> int:
-    """`tessera node init` + `tessera node ingest` for one partner: the real ingestion path
-    (tiers from the policy, PII encrypted, One ID blind index); returns the customers in the vault."""
+def ingest_raw(state_dir: Path, policy: Policy, raw: Mapping[str, Path]) -> int:
+    """`tessera node init` + `tessera node ingest` for one partner, customers first (transactions
+    name them): the real ingestion path (tiers from the policy, PII encrypted, One ID blind index);
+    returns the customers in the vault."""
     state = init_node_state(state_dir, policy)
     try:
-        source = CsvSource(raw)
-        mapping = mapping_for_columns(policy, "customers", source.columns, default_region="GB")
-        Ingestor(state.handle(default_region="GB")).ingest(source, mapping)
-        state.audit("ingest", dataset="customers", source="demo")
+        for dataset, path in raw.items():
+            source = CsvSource(path)
+            mapping = mapping_for_columns(policy, dataset, source.columns, default_region="GB")
+            Ingestor(state.handle(default_region="GB")).ingest(source, mapping)
+            state.audit("ingest", dataset=dataset, source="demo")
         return len(state.data_source.read("customers", ("region",))["region"])
     finally:
         state.close()
@@ -184,16 +186,22 @@ def _job_specs() -> list[JobSpec]:
     """Every job type that exists; later analyses add their specs here."""
     deadline = datetime.now(UTC) + timedelta(minutes=5)
 
-    def dp(analysis: str, **params: ParamValue) -> JobSpec:
+    def make(analysis: str, dataset: str, params: dict[str, ParamValue]) -> JobSpec:
         return JobSpec(
             analysis=analysis,
-            dataset="customers",
+            dataset=dataset,
             purpose="research",
             epsilon=EPSILON,
             delta=DELTA,
             params=params,
             deadline=deadline,
         )
+
+    def dp(analysis: str, **params: ParamValue) -> JobSpec:
+        return make(analysis, "customers", params)
+
+    def tx(analysis: str, **params: ParamValue) -> JobSpec:
+        return make(analysis, "transactions", params)
 
     spend: dict[str, ParamValue] = {"field": "monthly_spend", "lower": 0.0, "upper": 300.0}
     return [
@@ -203,6 +211,23 @@ def _job_specs() -> list[JobSpec]:
         dp("mean", **spend),
         dp("histogram", bins=12, **spend),
         dp("quantiles", bins=60, levels=(0.25, 0.5, 0.75), **spend),
+        # Transactions: many rows per customer, so every job bounds what ONE customer adds.
+        # Transactions per channel, at most 20 of each customer's (the whale's 300 count as 20).
+        tx("count", group_by="channel", groups=CHANNELS, max_rows_per_customer=20),
+        # Spend per customer (its transactions summed, then clipped as one value).
+        tx("sum", field="amount", per_customer="sum", lower=0.0, upper=1500.0),
+        # Spend per channel: a customer's spend in each channel, in at most 2 channels.
+        tx(
+            "sum",
+            field="amount",
+            lower=0.0,
+            upper=600.0,
+            group_by="channel",
+            groups=CHANNELS,
+            max_groups_per_customer=2,
+        ),
+        # How many transactions customers make: one per-customer count each.
+        tx("histogram", per_customer="count", lower=0.0, upper=30.0, bins=10),
     ]
 
 
@@ -239,7 +264,8 @@ def demo(
     console.print(f"  dev PKI: consortium CA, coordinator, {nodes} node and 2 analyst certificates")
 
     templates = policies_dir()
-    partners: dict[str, tuple[Policy, Path]] = {}  # demo only: to show the true values
+    partners: dict[str, tuple[Policy, dict[str, Path]]] = {}  # demo only: to show the true values
+    written = 0
     for index, name in enumerate(names):
         base = BASE_PARTNERS[index % len(BASE_PARTNERS)]
         doc = yaml.safe_load((templates / f"{base}.yaml").read_text())
@@ -250,13 +276,16 @@ def demo(
         node_dir.mkdir(parents=True)
         (node_dir / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         policy = load_policy(node_dir / "policy.yaml")
-        raw = node_dir / "raw" / "customers.csv"
-        write_customers(policy, "customers", raw, rows=rows, seed=seed + index)
+        raw = {"customers": node_dir / "raw" / "customers.csv"}
+        write_customers(policy, "customers", raw["customers"], rows=rows, seed=seed + index)
+        if "transactions" in {d.name for d in policy.datasets}:
+            raw["transactions"] = node_dir / "raw" / "transactions.csv"
+            written = write_transactions(policy, raw["transactions"], customers=rows, seed=seed + index)
         partners[name] = (policy, raw)
         ingested = ingest_raw(node_dir / "state", policy, raw)
     console.print(
-        f"  policies written; each partner's raw CSV ({rows} customers, realistic PII) ingested into its "
-        f"encrypted vault ({ingested} customers in the last)"
+        f"  policies written; each partner's raw CSVs ({rows} customers, realistic PII; {written} "
+        f"transactions in the last) ingested into its encrypted vault ({ingested} customers in the last)"
     )
 
     procs: list[_Proc] = []

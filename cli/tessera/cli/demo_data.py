@@ -1,7 +1,9 @@
 """Synthetic partner data for the demo: realistic PII from Faker, written as a partner's raw CSV.
 
 The columns follow the partner's policy (every classified field of the dataset), so the node
-accepts the file; values are seeded and reproducible.
+accepts the file; values are seeded and reproducible. Transactions name the customers that
+``write_customers`` made with the same seed, several rows each, and one "whale" with hundreds: the
+per-customer bounds of the analyses are visible in the demo's results.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import csv
 import random
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from tessera.core.errors import ConfigError
@@ -19,7 +21,20 @@ REGIONS = ("north", "south", "east", "west", "central")
 CHANNELS = ("web", "app", "store", "phone")
 PLANS = ("prepaid", "basic", "plus", "unlimited")
 LOYALTY = ("none", "silver", "gold", "platinum")
-CATEGORIES = {"region": REGIONS, "channel": CHANNELS, "plan": PLANS, "loyalty_tier": LOYALTY}
+SPEND_CATEGORIES = ("groceries", "travel", "fuel", "dining")
+CATEGORIES = {
+    "region": REGIONS,
+    "channel": CHANNELS,
+    "plan": PLANS,
+    "loyalty_tier": LOYALTY,
+    "category": SPEND_CATEGORIES,
+}
+WHALE_ROWS = 300  # the first customer of every partner makes this many transactions
+
+
+def customer_id(seed: int, i: int) -> str:
+    """The ``customer_id`` of customer ``i`` of the partner whose data has ``seed``."""
+    return f"C{seed:03d}{i:07d}"
 
 
 def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed: int) -> None:
@@ -35,7 +50,7 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
     today = date(2026, 11, 1)
 
     generators: dict[str, Callable[[int], object]] = {
-        "customer_id": lambda i: f"C{seed:03d}{i:07d}",
+        "customer_id": lambda i: customer_id(seed, i),
         "name": lambda i: fake.name(),
         "email": lambda i: fake.unique.email(),
         "phone": lambda i: _phone(rng, i),
@@ -69,6 +84,36 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
         writer.writerow([name for name, _ in columns])
         for i in range(rows):
             writer.writerow([gen(i) for _, gen in columns])
+
+
+def write_transactions(policy: Policy, path: Path, *, customers: int, seed: int) -> int:
+    """Write transactions of the ``customers`` customers that ``write_customers`` made with ``seed``:
+    0 to 12 each (about 4), the first customer ``WHALE_ROWS``; returns the rows written.
+
+    Every row has its own time, so the vault's idempotent ingestion keeps all of them.
+    """
+    rng = random.Random(seed * 7919 + 1)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    fields = [f.name for f in policy.schema("transactions").fields]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for i in range(customers):
+            count = WHALE_ROWS if i == 0 else min(int(rng.expovariate(0.25)), 12)
+            favourite = rng.choice(CHANNELS)
+            for j in range(count):
+                values = {
+                    "customer_id": customer_id(seed, i),
+                    "time": (start + timedelta(days=j % 300, seconds=i * 60 + j)).isoformat(),
+                    "amount": round(rng.lognormvariate(3.0, 0.8), 2),
+                    "channel": favourite if rng.random() < 0.7 else rng.choice(CHANNELS),
+                    "category": rng.choice(SPEND_CATEGORIES),
+                }
+                writer.writerow([values.get(name, "") for name in fields])
+                written += 1
+    return written
 
 
 def _phone(rng: random.Random, i: int) -> str:

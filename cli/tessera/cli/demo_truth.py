@@ -21,12 +21,16 @@ from tessera.core.types import JobSpec
 
 
 def add_truth(
-    doc: dict[str, Any], spec: JobSpec, partners: Mapping[str, tuple[Policy, Path]]
+    doc: dict[str, Any], spec: JobSpec, partners: Mapping[str, tuple[Policy, Mapping[str, Path]]]
 ) -> dict[str, Any]:
-    """``doc`` (a released result) with ``true`` values merged into its cells, and a coverage line."""
+    """``doc`` (a released result) with ``true`` values merged into its cells, and a coverage line.
+
+    The truth is bounded per customer exactly as the nodes bound it (same plan, same code, the raw
+    CSVs grouped by the policy's ``customer_key``): it is the value the noise was added to.
+    """
     analysis = get_vector_analysis(spec.analysis)
     survivors = [n for n in doc.get("survivors", partners) if n in partners]
-    sources = [CsvDataSource({spec.dataset: partners[n][1]}, partners[n][0]) for n in survivors]
+    sources = [CsvDataSource({spec.dataset: partners[n][1][spec.dataset]}, partners[n][0]) for n in survivors]
     schema = next(d for d in sources[0].schemas() if d.name == spec.dataset)
     plan = analysis.plan(
         analysis_spec(spec),

@@ -1,5 +1,11 @@
-"""The one way a node's analyses read data. CSV files classified by the node's policy for now; the
-vault will be the main implementation."""
+"""The one way a node's analyses read data: CSV files classified by the node's policy, or the vault.
+
+The unit of privacy is the customer. A dataset's schema says how rows map to customers: a field of
+type ``customer_key`` (``params.CUSTOMER_KEY``) holds, when read, an opaque int64 customer id per
+row (-1: the row names no customer), never the key's own values; a dataset without one promises
+one row per customer. A CSV dataset makes no such promise by itself, so its policy must name its
+``customer_key`` before any DP analysis may read it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from tessera.core.analyses.params import CUSTOMER_KEY
 from tessera.core.errors import ConfigError, PolicyViolation
 from tessera.core.policy import Policy
 from tessera.core.types import DatasetSchema, FieldSchema, Tier
@@ -22,19 +29,20 @@ class DataSource(Protocol):
         ...
 
     def read(self, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
-        """Columns of ``dataset``, one entry per row (per customer for ``customers``).
+        """Columns of ``dataset``, one entry per row (per customer without a customer key).
 
         Numeric, int and bool fields come as float64 (NaN = missing); category and string fields
-        as object arrays of ``str`` (None = missing); dates as float64 days since 1970-01-01.
-        A ``core_sensitive`` field is refused (``policy.core_sensitive_field``): analyses never
-        see PII.
+        as object arrays of ``str`` (None = missing); dates as float64 days since 1970-01-01; the
+        customer key as int64 opaque ids (-1 = none). A ``core_sensitive`` field other than the
+        key is refused (``policy.core_sensitive_field``): analyses never see PII.
         """
         ...
 
 
 class CsvDataSource:
     """Datasets backed by CSV files. Every column must be classified by the policy (default deny):
-    an unclassified column stops the node at start, naming the column and the policy file."""
+    an unclassified column stops the node at start, naming the column and the policy file. A
+    dataset is read for analyses only when its policy names its ``customer_key`` column."""
 
     def __init__(self, files: Mapping[str, Path], policy: Policy) -> None:
         self.files = dict(files)
@@ -48,6 +56,14 @@ class CsvDataSource:
         schema = next((d for d in self._schemas if d.name == dataset), None)
         if schema is None:
             raise PolicyViolation(f"this node serves no dataset {dataset!r}", code="policy.unknown_dataset")
+        if not any(f.type == CUSTOMER_KEY for f in schema.fields):
+            raise PolicyViolation(
+                f'dataset "{dataset}" comes from a CSV file whose policy does not say which column '
+                "identifies the customer, so what one customer contributes cannot be bounded; set "
+                f'"customer_key: <column>" under datasets: {dataset}: in {self._file()} '
+                "(rows with the same key are one customer)",
+                code="policy.customer_key_required",
+            )
         types = readable_fields(schema, fields)
         raw: dict[str, list[str]] = {name: [] for name in fields}
         with self.files[dataset].open(newline="", encoding="utf-8-sig") as handle:
@@ -55,6 +71,9 @@ class CsvDataSource:
                 for name in fields:
                     raw[name].append((row.get(name) or "").strip())
         return {name: _column(values, types[name].type, name) for name, values in raw.items()}
+
+    def _file(self) -> str:
+        return self.policy.source or f"the policy file of {self.policy.partner}"
 
     def _schema(self, dataset: str, path: Path) -> DatasetSchema:
         header = _read_header(path)
@@ -65,7 +84,13 @@ class CsvDataSource:
             FieldSchema(name=column, type=declared[column].type, tier=tier)
             for column, tier in zip(header, tiers, strict=True)
         )
-        return DatasetSchema(name=dataset, fields=fields)
+        key = self.policy.dataset(dataset).customer_key
+        if key is not None and key not in header:
+            raise ConfigError(
+                f'{path} has no column "{key}", which the policy names as the customer_key of dataset '
+                f'"{dataset}"; add the column or name another one in {self._file()}'
+            )
+        return with_customer_key(DatasetSchema(name=dataset, fields=fields), key)
 
 
 def _read_header(path: Path) -> list[str]:
@@ -94,6 +119,10 @@ _FALSE = {"false", "0", "no", "n", "f"}
 
 def _column(values: list[str], kind: str, name: str) -> np.ndarray:
     """Typed column; unparsable values are missing (NaN/None), never an error mid-analysis."""
+    if kind == CUSTOMER_KEY:
+        # Opaque ids in order of first appearance; the key's values never leave this function.
+        ids: dict[str, int] = {}
+        return np.array([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=np.int64)
     if kind in ("int", "float"):
         out = np.full(len(values), np.nan)
         for i, v in enumerate(values):
@@ -117,16 +146,30 @@ def _column(values: list[str], kind: str, name: str) -> np.ndarray:
     return np.array([v if v else None for v in values], dtype=object)
 
 
+def with_customer_key(schema: DatasetSchema, key: str | None) -> DatasetSchema:
+    """``schema`` with field ``key`` typed ``customer_key`` (appended, core_sensitive, if absent)."""
+    if key is None:
+        return schema
+    fields = [
+        FieldSchema(name=f.name, type=CUSTOMER_KEY, tier=f.tier) if f.name == key else f
+        for f in schema.fields
+    ]
+    if not any(f.name == key for f in schema.fields):
+        fields.append(FieldSchema(name=key, type=CUSTOMER_KEY, tier=Tier.CORE_SENSITIVE))
+    return DatasetSchema(name=schema.name, fields=tuple(fields))
+
+
 def readable_fields(schema: DatasetSchema, fields: Sequence[str]) -> dict[str, FieldSchema]:
     """The requested fields of ``schema`` an analysis may read; refuses unknown and core_sensitive
-    ones (every ``DataSource.read`` calls this before touching data)."""
+    ones (every ``DataSource.read`` calls this before touching data). The customer key is
+    readable whatever its tier: sources return it as opaque ids, never as its values."""
     declared = {f.name: f for f in schema.fields}
     for name in fields:
         if name not in declared:
             raise PolicyViolation(
                 f"dataset {schema.name!r} has no field {name!r} on this node", code="policy.unknown_field"
             )
-        if declared[name].tier is Tier.CORE_SENSITIVE:
+        if declared[name].tier is Tier.CORE_SENSITIVE and declared[name].type != CUSTOMER_KEY:
             raise PolicyViolation(
                 f"field {name!r} is core_sensitive: it never leaves the node, not even in aggregates",
                 code="policy.core_sensitive_field",

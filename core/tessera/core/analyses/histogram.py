@@ -1,13 +1,22 @@
-"""``histogram``: customers per bin (per public group) of a numeric or a category field.
+"""``histogram``: customers (or their rows) per bin, per public group, of a numeric or category field.
 
 * numeric ``field`` with ``lower``, ``upper`` and ``bins``: equal-width bins over
   ``[lower, upper]``; values outside are clamped into the end bins;
 * category/string ``field`` with ``categories``: one bin per listed category plus ``other``.
 
-Vector: ``G × B`` count cells, group-major (cell ``g·B + b``). Each customer with a value adds 1
-to exactly one cell (L1 = L2 = L∞ = 1), so the whole ρ goes to that one part; missing values are
-left out. A bin whose own noisy count is below ``min_cohort_size`` is suppressed
-(post-processing of DP output: no budget).
+Vector: ``G × B`` count cells, group-major (cell ``g·B + b``), the whole ρ on that one part. What
+one customer may contribute, over all of its rows:
+
+* by default, customers: a customer's rows in a group become ONE value (numeric: ``per_customer``
+  sum (default), count or mean of ``field``, so "per-customer spend" or, with ``per_customer:
+  count`` and no field, "per-customer event count"; category: its first row's category), binned
+  once, in at most ``max_groups_per_customer`` groups (default 1): L∞ = 1, L1 = k, L2 = √k;
+* ``max_rows_per_customer: m``: rows, at most the customer's first m rows with a value, each in
+  its own bin: L∞ = L1 = L2 = m.
+
+Without a customer key every customer has one row, so both caps are 1. Missing values are left
+out. A bin whose own noisy count is below ``min_cohort_size`` is suppressed (post-processing of DP
+output: no budget).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from tessera.core.analyses import contribution as c
+from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.errors import InvalidRequest
@@ -25,7 +36,7 @@ from tessera.core.types import FieldSchema, JobSpec
 
 INFO = AnalysisInfo(
     name="histogram",
-    description="DP counts per bin of a numeric field or per category, in total or per public group",
+    description="DP customers (or capped rows) per bin of a per-customer value or category, per group",
     differentially_private=True,
     resumable=False,
     stages=v.DP_STAGES,
@@ -69,41 +80,61 @@ def plan_histogram(
     extra: Mapping[str, Any] | None = None,
 ) -> v.VectorPlan:
     """The histogram plan shared with ``quantiles`` (no data; fail closed)."""
-    v.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
-    rho = v.privacy_rho(spec)
-    field = v.value_field(spec, fields, numeric=numeric_only)
-    groups = v.grouping(spec, fields)
-    layout: dict[str, Any] = {"field": field.name, "group_by": groups.field, "groups": groups.labels}
-    if field.type in v.NUMERIC_TYPES:
+    p.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
+    rho = p.privacy_rho(spec)
+    field = p.optional_value_field(spec, fields, numeric=numeric_only)
+    groups = p.grouping(spec, fields)
+    name = None if field is None else field.name
+    layout: dict[str, Any] = {"field": name, "group_by": groups.field, "groups": groups.labels}
+    if field is None or field.type in p.NUMERIC_TYPES:
         if "categories" in spec.params:
             raise InvalidRequest("parameter 'categories' applies to category fields, not to numeric ones")
-        lower, upper = v.bounds(spec)
+        lower, upper = p.bounds(spec)
         default = 64 if numeric_only else None
-        bins = v.int_param(spec, "bins", default=default, low=1, high=MAX_BINS)
+        bins = p.int_param(spec, "bins", default=default, low=1, high=MAX_BINS)
         layout |= {"kind": "numeric", "lower": lower, "upper": upper, "nbins": bins}
         if len(groups.labels) * bins <= LABELLED_CELLS:
             bounds = edges(lower, upper, bins)
             layout |= {"edges": bounds, "bins": bin_labels(bounds)}
         elif analysis != INFO.name:
             raise InvalidRequest(f"{analysis} takes at most {LABELLED_CELLS} cells; use fewer bins or groups")
-    elif field.type in v.LABEL_TYPES:
-        for name in ("lower", "upper", "bins"):
-            if name in spec.params:
-                raise InvalidRequest(f"parameter {name!r} applies to numeric fields, not to category ones")
-        labels = (*v.labels_param(spec, "categories"), v.OTHER)
+    elif field.type in p.LABEL_TYPES:
+        for param in ("lower", "upper", "bins"):
+            if param in spec.params:
+                raise InvalidRequest(f"parameter {param!r} applies to numeric fields, not to category ones")
+        labels = (*p.labels_param(spec, "categories"), p.OTHER)
         layout |= {"kind": "category", "bins": labels, "nbins": len(labels)}
     else:
         raise InvalidRequest("parameter 'field' must name a numeric, category or string field for histogram")
+    bound = p.contribution(
+        spec,
+        fields,
+        groups=len(groups.labels),
+        values=True,
+        rows_allowed=True,
+        category=layout["kind"] == "category",
+    )
     layout |= dict(extra or {})
+    layout["contribution"] = bound.as_layout()
     size = len(groups.labels) * layout["nbins"]
     if size > MAX_CELLS:
         raise InvalidRequest(f"groups times bins exceeds {MAX_CELLS} cells; use fewer bins or groups")
-    part = v.make_part("count", start=0, stop=size, scale=1.0, linf_bound=1, rho=rho, survivors_t=survivors_t)
-    touched = (field.name,) if groups.field in (None, field.name) else (field.name, groups.field)
+    linf, l1, l2 = bound.count_bounds()
+    part = v.make_part(
+        "count",
+        start=0,
+        stop=size,
+        scale=1.0,
+        linf_bound=linf,
+        l1=l1,
+        l2=l2,
+        rho=rho,
+        survivors_t=survivors_t,
+    )
     return v.VectorPlan(
         analysis=analysis,
         dataset=spec.dataset,
-        fields=touched,
+        fields=p.touched(bound.customer_key, name, groups.field),
         length=size,
         parts=(part,),
         layout=layout,
@@ -115,38 +146,59 @@ def plan_histogram(
     )
 
 
+def _row_bins(plan: v.VectorPlan, data: Mapping[str, Any]) -> tuple[v.FloatArray | None, v.IntArray]:
+    """Per row: the numeric value (``None`` when the customer's rows are only counted) and the bin
+    of a category (-1 = missing; for numeric fields every row with a value gets 0)."""
+    layout = plan.layout
+    name = layout["field"]
+    if layout["kind"] == "numeric":
+        if name is None:
+            return None, np.zeros(c.rows(data, plan), dtype=np.int64)
+        values = c.numeric(data, name)
+        return values, np.where(np.isnan(values), -1, 0).astype(np.int64)
+    b = p.label_index(data[name], tuple(layout["bins"][:-1]))
+    b[b == -2] = int(layout["nbins"]) - 1  # listed nowhere -> "other"; -1 (missing) stays out
+    return None, b
+
+
 def cell_index(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.IntArray:
-    """Cell ``g·B + b`` of every customer with a value (customers without one are dropped)."""
+    """Cell ``g·B + b`` of every unit counted: a kept (customer, group) value, or a kept row."""
     layout = plan.layout
     nbins = int(layout["nbins"])
-    if layout["kind"] == "numeric":
-        b = numeric_bins(
-            v.numeric(data, layout["field"]), lower=layout["lower"], upper=layout["upper"], bins=nbins
-        )
-    else:
-        b = v.label_index(data[layout["field"]], tuple(layout["bins"][:-1]))
-        b[b == -2] = nbins - 1  # listed nowhere -> "other"; -1 (missing) stays out
-    g = v.group_index(plan, data)
-    keep = b >= 0
-    return g[keep] * nbins + b[keep]
+    numeric = layout["kind"] == "numeric"
+    values, b = _row_bins(plan, data)
+    present = b >= 0
+
+    def binned(x: v.FloatArray) -> v.IntArray:
+        return numeric_bins(x, lower=layout["lower"], upper=layout["upper"], bins=nbins)
+
+    if c.contribution_of(plan).max_rows is not None:
+        kept = c.rows_kept(plan, data, eligible=present)
+        g = c.group_index(plan, data)[kept]
+        cells = binned(values[kept]) if numeric and values is not None else b[kept]
+        return g * nbins + cells
+    g, value = c.per_customer_values(
+        plan, data, values=values if numeric else b.astype(np.float64), eligible=present
+    )
+    return g * nbins + (binned(value) if numeric else value.astype(np.int64))
 
 
 def plan(spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int) -> v.VectorPlan:
     """The vector plan (no data). Raises ``PolicyViolation`` / ``InvalidRequest`` (fail closed)."""
-    v.check_params(spec, frozenset({"field", "lower", "upper", "bins", "categories"}))
+    p.check_params(spec, frozenset({"field", "lower", "upper", "bins", "categories"}) | p.CONTRIBUTION_PARAMS)
     return plan_histogram(
         spec, fields, survivors_t=survivors_t, n_nodes=n_nodes, analysis=INFO.name, numeric_only=False
     )
 
 
 def local_vector(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:
-    """Customers per (group, bin), int64, no noise. Counts are integers: ``rng`` draws nothing."""
+    """Customers (or capped rows) per (group, bin), int64, no noise; ``rng`` draws nothing."""
     del rng  # one signature for every analysis
     return np.bincount(cell_index(plan, data), minlength=plan.length).astype(np.int64)
 
 
 def exact(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
-    """The unnoised counts per (group, bin) as float64 (demo truth)."""
+    """The unnoised counts per (group, bin) as float64 (demo truth), bounded as ``local_vector``."""
     return np.bincount(cell_index(plan, data), minlength=plan.length).astype(np.float64)
 
 

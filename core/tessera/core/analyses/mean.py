@@ -1,9 +1,12 @@
-"""``mean``: the mean of a clipped numeric field per public group.
+"""``mean``: the mean over customers of a clipped per-customer value, per public group.
 
 One vector holds each group's count and centred clipped sum (the ``sums`` machinery: ρ/2 to each
-part); the mean is post-processing, ``offset + S/C`` clipped to ``[lower, upper]``, with a
-delta-method 95% interval (see ``sums._mean``). Customers with a missing value are left out.
-A group whose noisy count is below ``min_cohort_size`` is suppressed (post-processing, no budget).
+part), so one customer contributes exactly as in ``sum``: its rows in a group become one value
+(``per_customer``: sum (default), count or mean of ``field``), clipped as one, in at most
+``max_groups_per_customer`` groups (count part L1 = k, L2 = √k; sum part k·top, √k·top). The mean
+is post-processing, ``offset + S/C`` clipped to ``[lower, upper]``, with a delta-method 95%
+interval (see ``sums._mean``). Customers without a value are left out. A group whose noisy count
+is below ``min_cohort_size`` is suppressed (post-processing, no budget).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tessera.core.types import FieldSchema, JobSpec
 
 INFO = AnalysisInfo(
     name="mean",
-    description="DP mean (with count and sum) of a clipped numeric field, in total or per public group",
+    description="DP mean (with count and sum) of a clipped per-customer value, in total or per public group",
     differentially_private=True,
     resumable=False,
     stages=v.DP_STAGES,

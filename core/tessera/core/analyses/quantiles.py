@@ -1,7 +1,11 @@
 """``quantiles``: quantiles of a clipped numeric field, read off a DP histogram (post-processing).
 
 The vector is exactly ``histogram``'s (``bins`` equal-width bins over ``[lower, upper]``, default
-64, per public group; all of ρ on one count part). The coordinator clamps the noisy counts at 0,
+64, per public group; all of ρ on one count part), so one customer contributes exactly as there:
+by default one per-customer value (``per_customer``: sum (default), count or mean of its rows in
+a group) in at most ``max_groups_per_customer`` groups (L∞ = 1, L1 = k, L2 = √k): quantiles of
+per-customer values; or, with ``max_rows_per_customer: m``, its first m rows (L∞ = L1 = L2 = m):
+quantiles of row values with each customer weighing at most m. The coordinator clamps the noisy counts at 0,
 accumulates them into a CDF and inverts it at each ``level`` (default 0.25, 0.5, 0.75) with linear
 interpolation inside the bin; the top-level quantiles pool the groups' histograms.
 
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import histogram
+from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.errors import InvalidRequest
@@ -36,7 +41,7 @@ from tessera.core.types import FieldSchema, JobSpec
 
 INFO = AnalysisInfo(
     name="quantiles",
-    description="DP quantiles of a clipped numeric field from a DP histogram, in total or per public group",
+    description="DP quantiles of a clipped per-customer value from a DP histogram, per public group",
     differentially_private=True,
     resumable=False,
     stages=v.DP_STAGES,
@@ -61,7 +66,7 @@ def _levels(spec: JobSpec) -> tuple[float, ...]:
 
 def plan(spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int) -> v.VectorPlan:
     """The vector plan (no data). Raises ``PolicyViolation`` / ``InvalidRequest`` (fail closed)."""
-    v.check_params(spec, frozenset({"field", "lower", "upper", "bins", "levels"}))
+    p.check_params(spec, frozenset({"field", "lower", "upper", "bins", "levels"}) | p.CONTRIBUTION_PARAMS)
     levels = _levels(spec)
     return histogram.plan_histogram(
         spec,

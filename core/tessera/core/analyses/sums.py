@@ -1,17 +1,26 @@
-"""``sum``: the sum of a clipped numeric field per public group, with each group's count.
+"""``sum``: the sum of a clipped per-customer value per public group, with each group's count.
+
+What one customer contributes: its rows in a group become ONE value (``per_customer``: ``sum``
+(default), ``count`` (rows with a value, or all rows without ``field``) or ``mean`` of ``field``),
+and that value is clipped as one. A customer touches at most ``max_groups_per_customer`` groups
+(default 1: the group of its first row; without a customer key every customer has one row and
+one group). So "spend per channel over transactions" sums each customer's spend in each channel,
+clipped per (customer, channel), in at most k channels.
 
 Also the machinery ``mean`` reuses (one vector, two parts):
 
-* ``count`` ``[0, G)``: 1 per customer with a value, in its group's cell (L1 = L2 = L∞ = 1);
+* ``count`` ``[0, G)``: 1 per (customer, group) with a value (L∞ = 1, L1 = k, L2 = √k);
 * ``sum`` ``[G, 2G)``: the customer's value clipped to ``[lower, upper]`` and CENTRED on
-  ``offset = (lower + upper)/2``, quantised with stochastic rounding, in its group's cell.
+  ``offset = (lower + upper)/2``, quantised with stochastic rounding, in its group's cell: at most
+  ``top = 2^23 - 1`` units per cell with the rounding (L∞ = top, L1 = k·top, L2 = √k·top).
   Centring halves the bound to ``(upper - lower)/2``; the released sum is ``S + offset·C`` and its
   noise sd ``sqrt(sd_S² + offset²·sd_C²)`` is never above that of an uncentred sum bounded by
   ``max(|lower|, |upper|)``.
 
-Budget split: ρ/2 to each part (zCDP composition adds them back to ρ). Customers whose value is
-missing (NaN) are left out of both parts. Suppression: a group whose NOISY count is below
-``min_cohort_size`` is suppressed whole (post-processing of DP output: no budget).
+Budget split: ρ/2 to each part (zCDP composition adds them back to ρ). Rows whose value is
+missing (NaN) are left out; a customer without any value in a group is left out of both parts.
+Suppression: a group whose NOISY count is below ``min_cohort_size`` is suppressed whole
+(post-processing of DP output: no budget).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from tessera.core.analyses import contribution as c
+from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.dp import fixed_point_scale, stochastic_round
@@ -29,7 +40,7 @@ from tessera.core.types import FieldSchema, JobSpec
 
 INFO = AnalysisInfo(
     name="sum",
-    description="DP sum of a clipped numeric field, in total or per public group",
+    description="DP sum of a clipped per-customer value, in total or per public group",
     differentially_private=True,
     resumable=False,
     stages=v.DP_STAGES,
@@ -47,35 +58,56 @@ def plan_moments(
     spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int, analysis: str
 ) -> v.VectorPlan:
     """The count+sum plan shared by ``sum`` and ``mean`` (no data; fail closed)."""
-    v.check_params(spec, frozenset({"field", "lower", "upper"}))
-    v.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
-    rho = v.privacy_rho(spec)
-    field = v.value_field(spec, fields, numeric=True)
-    lower, upper = v.bounds(spec)
-    groups = v.grouping(spec, fields)
+    p.check_params(spec, frozenset({"field", "lower", "upper", "per_customer", "max_groups_per_customer"}))
+    p.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
+    rho = p.privacy_rho(spec)
+    field = p.optional_value_field(spec, fields, numeric=True)
+    lower, upper = p.bounds(spec)
+    groups = p.grouping(spec, fields)
     size = len(groups.labels)
+    bound = p.contribution(spec, fields, groups=size, values=True, rows_allowed=False)
     half = (upper - lower) / 2
     scale = fixed_point_scale(clip_bound=half, value_bits=VALUE_BITS)
     top = 2 ** (VALUE_BITS - 1) - 1  # fixed_point_scale guarantees ceil(half·scale) <= top
+    k = bound.groups_cap
     t = survivors_t
-    count = v.make_part("count", start=0, stop=size, scale=1.0, linf_bound=1, rho=rho / 2, survivors_t=t)
-    total = v.make_part(
-        "sum", start=size, stop=2 * size, scale=scale, linf_bound=top, rho=rho / 2, survivors_t=t
+    count = v.make_part(
+        "count",
+        start=0,
+        stop=size,
+        scale=1.0,
+        linf_bound=1,
+        l1=k,
+        l2=math.sqrt(k),
+        rho=rho / 2,
+        survivors_t=t,
     )
-    touched = (field.name,) if groups.field in (None, field.name) else (field.name, groups.field)
+    total = v.make_part(
+        "sum",
+        start=size,
+        stop=2 * size,
+        scale=scale,
+        linf_bound=top,
+        l1=k * top,
+        l2=math.sqrt(k) * top,
+        rho=rho / 2,
+        survivors_t=t,
+    )
+    name = None if field is None else field.name
     return v.VectorPlan(
         analysis=analysis,
         dataset=spec.dataset,
-        fields=touched,
+        fields=p.touched(bound.customer_key, name, groups.field),
         length=2 * size,
         parts=(count, total),
         layout={
-            "field": field.name,
+            "field": name,
             "group_by": groups.field,
             "groups": groups.labels,
             "lower": lower,
             "upper": upper,
             "offset": (lower + upper) / 2,
+            "contribution": bound.as_layout(),
         },
         epsilon=spec.epsilon,
         delta=spec.delta,
@@ -86,17 +118,16 @@ def plan_moments(
 
 
 def _centred(plan: v.VectorPlan, data: Mapping[str, Any]) -> tuple[v.IntArray, v.FloatArray]:
-    """Group index and centred clipped value of every customer that has a value."""
+    """Group and centred clipped value of every kept (customer, group) with a value."""
     layout = plan.layout
-    values = v.numeric(data, layout["field"])
-    idx = v.group_index(plan, data)
-    present = ~np.isnan(values)
+    name = layout["field"]
+    values = None if name is None else c.numeric(data, name)
+    present = np.ones(c.rows(data, plan), dtype=bool) if values is None else ~np.isnan(values)
+    idx, value = c.per_customer_values(plan, data, values=values, eligible=present)
     half = (layout["upper"] - layout["lower"]) / 2
     # Clip again after centring: float rounding of the subtraction must never exceed the bound.
-    centred = np.clip(
-        np.clip(values[present], layout["lower"], layout["upper"]) - layout["offset"], -half, half
-    )
-    return idx[present], centred
+    centred = np.clip(np.clip(value, layout["lower"], layout["upper"]) - layout["offset"], -half, half)
+    return idx, centred
 
 
 def vector_moments(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:

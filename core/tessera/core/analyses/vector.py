@@ -4,13 +4,15 @@ A DP analysis is ONE secure-aggregation round. A ``VectorPlan`` says, without to
 every node lays out its int64 vector: contiguous ``VectorPart`` slices, each with its fixed-point
 scale, its per-customer bounds and its own discrete-Gaussian noise. The plan is a pure function of
 the job spec, the field schemas and the round's ``(survivors_t, n_nodes)``, so the coordinator and
-every node compute the same plan independently.
+every node compute the same plan independently (``params`` reads the spec; ``contribution`` reads
+a node's rows per customer).
 
 Privacy (add/remove-one-customer adjacency, zCDP): the job's ``(ε, δ)`` becomes ``ρ = rho_for(ε,
-δ)``; ρ is split across the parts (parts compose by adding their ρ). Each customer touches exactly
-ONE coordinate of every part, so a part's L1, L2 and L∞ sensitivities in integer units are equal
-(``l2_sensitivity == linf_bound``). A part's ``sigma`` is the least σ whose sum of ``survivors_t``
-shares of ``N_Z(0, σ²/t)`` meets the part's ρ under Kairouz–Liu–Steinke 2021, Thm. 1
+δ)``; ρ is split across the parts (parts compose by adding their ρ). Each part declares what ONE
+customer — with all of its rows — can change in it, in integer units with stochastic rounding
+included: ``l1_sensitivity``, ``l2_sensitivity`` and ``linf_bound`` (one coordinate; it also sizes
+the modulus). A part's ``sigma`` is the least σ whose sum of ``survivors_t`` shares of
+``N_Z(0, σ²/t)`` meets the part's ρ for those L1 and L2 under Kairouz–Liu–Steinke 2021, Thm. 1
 (``dp.accounting.distributed_gaussian_rho``). Sums that hold more shares only carry more noise.
 """
 
@@ -33,13 +35,12 @@ from tessera.core.dp import (
     distributed_gaussian_share,
     interval95,
     max_abs_node_for,
-    rho_for,
 )
 from tessera.core.dp import decode as _dp_decode
 from tessera.core.dp import encode_words as _dp_encode_words
 from tessera.core.dp.accounting import distributed_gaussian_rho
-from tessera.core.errors import InvalidRequest, PolicyViolation
-from tessera.core.types import FieldSchema, JobSpec, Stage, Tier
+from tessera.core.errors import InvalidRequest
+from tessera.core.types import Stage
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -59,10 +60,16 @@ class VectorPart:
     start: int
     stop: int
     scale: float  # real value = integer / scale (1.0 for counts)
-    l2_sensitivity: float  # the most one customer can move this slice (L2)
+    l1_sensitivity: float  # the most one customer (all of its rows) can move this slice, in L1
+    l2_sensitivity: float  # the same in L2
     linf_bound: int  # the most one customer adds to one coordinate
     rho: float  # this part's share of the job's zCDP budget
     sigma: float  # discrete-Gaussian sigma of the noise in the SUM of survivors_t shares
+
+    def __post_init__(self) -> None:
+        # Norms of one vector always satisfy L∞ <= L2 <= L1 (relative slack for sqrt rounding).
+        if not 0 <= self.linf_bound <= self.l2_sensitivity * (1 + 1e-12) <= self.l1_sensitivity * (1 + 1e-12):
+            raise InvalidRequest("a part's bounds must satisfy L∞ <= L2 <= L1")
 
     @property
     def length(self) -> int:
@@ -74,6 +81,7 @@ class VectorPart:
             "start": self.start,
             "stop": self.stop,
             "scale": self.scale,
+            "l1_sensitivity": self.l1_sensitivity,
             "l2_sensitivity": self.l2_sensitivity,
             "linf_bound": self.linf_bound,
             "rho": self.rho,
@@ -165,17 +173,31 @@ def sigma_for(*, rho: float, l1: float, l2: float, survivors_t: int, dim: int) -
 
 
 def make_part(
-    name: str, *, start: int, stop: int, scale: float, linf_bound: int, rho: float, survivors_t: int
+    name: str,
+    *,
+    start: int,
+    stop: int,
+    scale: float,
+    linf_bound: int,
+    rho: float,
+    survivors_t: int,
+    l1: float | None = None,
+    l2: float | None = None,
 ) -> VectorPart:
-    """A part where each customer touches exactly one coordinate: L1 = L2 = L∞ = ``linf_bound``."""
-    bound = float(linf_bound)
-    sigma = sigma_for(rho=rho, l1=bound, l2=bound, survivors_t=survivors_t, dim=stop - start)
+    """A part whose noise meets ``rho`` for one customer's L1 and L2 (integer units).
+
+    ``l1`` and ``l2`` default to ``linf_bound``: a customer that touches one coordinate only.
+    """
+    l1_bound = float(linf_bound if l1 is None else l1)
+    l2_bound = float(linf_bound if l2 is None else l2)
+    sigma = sigma_for(rho=rho, l1=l1_bound, l2=l2_bound, survivors_t=survivors_t, dim=stop - start)
     return VectorPart(
         name=name,
         start=start,
         stop=stop,
         scale=scale,
-        l2_sensitivity=bound,
+        l1_sensitivity=l1_bound,
+        l2_sensitivity=l2_bound,
         linf_bound=linf_bound,
         rho=rho,
         sigma=sigma,
@@ -284,187 +306,11 @@ def header(plan: VectorPlan, *, summands: int, min_cohort_size: int) -> dict[str
         "rho": plan.rho,
         "mechanism": MECHANISM,
         "noise": {p.name: {"sigma": p.sigma, "scale": p.scale} for p in plan.parts},
+        "contribution": dict(plan.layout.get("contribution") or {}),
         "cells": [],
         "min_cohort_size": min_cohort_size,
         "summands": summands,
     }
-
-
-# --- reading the job spec (identical on every node and on the coordinator; no data) -----------
-
-NUMERIC_TYPES = frozenset({"int", "float", "bool"})
-LABEL_TYPES = frozenset({"category", "string"})
-OTHER = "other"  # the extra group/category for values outside the public list
-ALL = "all"  # the single group when there is no group_by
-GROUP_PARAMS = frozenset({"group_by", "groups"})
-_MAX_CELLS = 1 << 16
-
-
-def privacy_rho(spec: JobSpec) -> float:
-    """The job's ρ; these analyses add Gaussian-type noise, so ε > 0 and δ in (0, 1) are required."""
-    if not spec.epsilon > 0 or not 0 < spec.delta < 1:
-        raise InvalidRequest("this analysis adds Gaussian noise: it needs epsilon > 0 and delta in (0, 1)")
-    return rho_for(epsilon=spec.epsilon, delta=spec.delta)
-
-
-def check_round(*, survivors_t: int, n_nodes: int) -> None:
-    for value in (survivors_t, n_nodes):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest("survivors_t and n_nodes must be integers")
-    if not 1 <= survivors_t <= n_nodes:
-        raise InvalidRequest("survivors_t must be between 1 and n_nodes")
-
-
-def check_params(spec: JobSpec, allowed: frozenset[str]) -> None:
-    """Unknown parameters are refused: a misspelt bound must never be silently ignored."""
-    for name in sorted(spec.params):
-        if name not in allowed | GROUP_PARAMS:
-            raise InvalidRequest(f"parameter {name!r} is not known to the {spec.analysis} analysis")
-
-
-def number_param(spec: JobSpec, name: str, *, default: float | None = None) -> float:
-    value = spec.params.get(name, default)
-    if value is None:
-        raise InvalidRequest(f"parameter {name!r} is required (fail closed: no bound, no job)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(f"parameter {name!r} must be a finite number")
-    return float(value)
-
-
-def int_param(spec: JobSpec, name: str, *, default: int | None, low: int, high: int) -> int:
-    value = spec.params.get(name, default)
-    if value is None:
-        raise InvalidRequest(f"parameter {name!r} is required")
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRequest(f"parameter {name!r} must be an integer from {low} to {high}")
-    return value
-
-
-def labels_param(spec: JobSpec, name: str) -> tuple[str, ...]:
-    """A public, non-empty list of distinct labels; ``other`` is reserved for everything else."""
-    value = spec.params.get(name)
-    if value is None:
-        raise InvalidRequest(
-            f"parameter {name!r} is required: the list must be public, never learnt from data"
-        )
-    if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
-        raise InvalidRequest(f"parameter {name!r} must be a non-empty list of non-empty strings")
-    if len(set(value)) != len(value) or OTHER in value:
-        raise InvalidRequest(f"parameter {name!r} must not repeat a label nor use the reserved label 'other'")
-    if len(value) >= _MAX_CELLS:
-        raise InvalidRequest(f"parameter {name!r} lists too many labels")
-    return tuple(str(x) for x in value)
-
-
-def bounds(spec: JobSpec) -> tuple[float, float]:
-    lower, upper = number_param(spec, "lower"), number_param(spec, "upper")
-    if not lower < upper:
-        raise InvalidRequest("parameter 'lower' must be below parameter 'upper'")
-    return lower, upper
-
-
-def field_schema(fields: Mapping[str, FieldSchema], name: str) -> FieldSchema:
-    """The schema of a field the job touches; unknown and core-sensitive fields are vetoed."""
-    schema = fields.get(name)
-    if schema is None:
-        raise PolicyViolation(f"field {name!r} is not in the dataset's schema", code="policy.unknown_field")
-    if Tier(schema.tier) is Tier.CORE_SENSITIVE:
-        raise PolicyViolation(
-            f"field {name!r} is core_sensitive: core_sensitive fields never leave the node, "
-            "not even in aggregates",
-            code="policy.core_sensitive_field",
-        )
-    return schema
-
-
-def value_field(spec: JobSpec, fields: Mapping[str, FieldSchema], *, numeric: bool) -> FieldSchema:
-    value = spec.params.get("field")
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest("parameter 'field' is required and must name a field")
-    schema = field_schema(fields, value)
-    if numeric and schema.type not in NUMERIC_TYPES:
-        raise InvalidRequest(
-            f"parameter 'field' must name a numeric field (int, float or bool) for {spec.analysis}"
-        )
-    return schema
-
-
-@dataclass(frozen=True, slots=True)
-class Grouping:
-    """Public group labels; the last label is ``other`` (or the only one is ``all``)."""
-
-    field: str | None
-    labels: tuple[str, ...]
-
-    def index(self, data: Mapping[str, Any]) -> IntArray:
-        """Group of each customer; values outside the list and missing values go to ``other``."""
-        if self.field is None:
-            raise InvalidRequest("this grouping has no field: use the row count instead")
-        idx = label_index(data[self.field], self.labels[:-1])
-        idx[idx < 0] = len(self.labels) - 1
-        return idx
-
-
-def grouping(spec: JobSpec, fields: Mapping[str, FieldSchema]) -> Grouping:
-    name = spec.params.get("group_by")
-    if name is None:
-        if "groups" in spec.params:
-            raise InvalidRequest("parameter 'groups' needs parameter 'group_by'")
-        return Grouping(field=None, labels=(ALL,))
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest("parameter 'group_by' must name a field")
-    schema = field_schema(fields, name)
-    if Tier(schema.tier) is not Tier.NON_SENSITIVE:
-        raise PolicyViolation(
-            f"field {name!r} cannot be a group-by key: only non_sensitive fields may group results",
-            code="policy.group_by_tier",
-        )
-    if schema.type not in LABEL_TYPES:
-        raise InvalidRequest("parameter 'group_by' must name a category or string field")
-    return Grouping(field=name, labels=(*labels_param(spec, "groups"), OTHER))
-
-
-def label_index(values: Any, labels: tuple[str, ...]) -> IntArray:
-    """Position of each value in ``labels``; -2 for a value not listed, -1 for a missing value."""
-    lookup = {label: i for i, label in enumerate(labels)}
-    return np.fromiter(
-        (lookup.get(v, -2) if isinstance(v, str) else -1 for v in np.asarray(values, dtype=object)),
-        dtype=np.int64,
-        count=len(values),
-    )
-
-
-def rows(data: Mapping[str, Any], plan: VectorPlan) -> int:
-    """Customers in ``data``: every array holds one entry per customer.
-
-    With no field to read (``count`` without ``group_by``), ``data`` must still hold one array of
-    the dataset (any field): only its length is read, never its values.
-    """
-    names = plan.fields or tuple(data)
-    if not names:
-        raise InvalidRequest("data must hold at least one array so its customers can be counted")
-    lengths = {len(data[name]) for name in names}
-    if len(lengths) != 1:
-        raise InvalidRequest("every field must hold one entry per customer")
-    return lengths.pop()
-
-
-def numeric(data: Mapping[str, Any], name: str) -> FloatArray:
-    return np.asarray(data[name], dtype=np.float64)
-
-
-def grouping_of(plan: VectorPlan) -> Grouping:
-    """The plan's grouping, as ``grouping`` built it from the spec."""
-    return Grouping(field=plan.layout.get("group_by"), labels=tuple(plan.layout["groups"]))
-
-
-def group_index(plan: VectorPlan, data: Mapping[str, Any]) -> IntArray:
-    """Group of every customer in ``data`` (all in group 0 without ``group_by``)."""
-    groups = grouping_of(plan)
-    count = rows(data, plan)  # also checks that every field holds one entry per customer
-    if groups.field is None:
-        return np.zeros(count, dtype=np.int64)
-    return groups.index(data)
 
 
 def count_estimate(value: float, half: float, *, min_cohort_size: int) -> tuple[dict[str, Any] | None, bool]:

@@ -196,6 +196,7 @@ def _check_datasets(doc: PolicyDoc, out: _Collector) -> None:
                 ("datasets", dataset),
                 f"dataset {quoted(dataset)} has no fields; list each of its fields with a tier and a type.",
             )
+        _check_customer_key(dataset, body.customer_key, tuple(body.fields), out)
         for name, spec in body.fields.items():
             path: KeyPath = ("datasets", dataset, "fields", name)
             if not name.strip():
@@ -211,6 +212,18 @@ def _check_datasets(doc: PolicyDoc, out: _Collector) -> None:
                     (*path, "pii_override"),
                     f"{subject(path)} is core_sensitive, so pii_override has no effect.",
                 )
+
+
+def _check_customer_key(dataset: str, key: str | None, fields: tuple[str, ...], out: _Collector) -> None:
+    if key is None or key in fields:
+        return
+    guess = closest(key, fields)
+    hint = f'did you mean "{guess}"?' if guess else "name the field that identifies the customer of each row."
+    out.error(
+        ("datasets", dataset, "customer_key"),
+        f'"customer_key" of dataset {quoted(dataset)} names {quoted(key)}, which is not one of its fields; '
+        + hint,
+    )
 
 
 def check_document(doc: PolicyDoc, lines: Mapping[KeyPath, int]) -> list[Problem]:

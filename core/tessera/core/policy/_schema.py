@@ -55,6 +55,9 @@ class FieldDoc(_Strict):
 
 class DatasetDoc(_Strict):
     description: str = ""
+    # The field that says which customer a row belongs to. Every DP analysis bounds what one
+    # customer contributes over all of its rows, so a CSV dataset is refused for DP jobs without it.
+    customer_key: str | None = None
     fields: dict[str, FieldDoc]
 
 

@@ -100,6 +100,14 @@ def _dataset(old: DatasetPolicy, new: DatasetPolicy, out: _Changes) -> None:
     key = f"datasets.{new.name}"
     if old.description != new.description:
         out.add(Direction.NEUTRAL, key, f"description of dataset {new.name} changed")
+    if old.customer_key != new.customer_key:
+        # Naming a key lets DP jobs read a CSV dataset (bounded per customer); removing it stops them.
+        out.add(
+            Direction.STRICTER if new.customer_key is None else Direction.LOOSER,
+            f"{key}.customer_key",
+            f"customer key of dataset {new.name} changed from {old.customer_key or 'none'} "
+            f"to {new.customer_key or 'none'}",
+        )
     new_names = {f.name for f in new.fields}
     for f in old.fields:
         if f.name not in new_names:

@@ -49,6 +49,7 @@ def _build(doc: PolicyDoc, source: str) -> Policy:
         DatasetPolicy(
             name=name,
             description=body.description,
+            customer_key=body.customer_key,
             fields=tuple(
                 FieldPolicy(name=fname, tier=Tier(spec.tier), type=spec.type, pii_override=spec.pii_override)
                 for fname, spec in body.fields.items()

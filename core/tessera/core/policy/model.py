@@ -22,12 +22,30 @@ class FieldPolicy:
 
 @dataclass(frozen=True, slots=True)
 class DatasetPolicy:
+    """A classified dataset. ``customer_key`` names the field whose value says which customer a row
+    belongs to (the unit of privacy); ``None`` when the policy does not say."""
+
     name: str
     fields: tuple[FieldPolicy, ...]
     description: str = ""
+    customer_key: str | None = None
 
     def field(self, name: str) -> FieldPolicy | None:
         return next((f for f in self.fields if f.name == name), None)
+
+
+def _dataset_doc(dataset: DatasetPolicy) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "description": dataset.description,
+        "fields": {
+            f.name: {"tier": f.tier.value, "type": f.type, "pii_override": f.pii_override}
+            for f in dataset.fields
+        },
+    }
+    # Only when set, so the hash of every policy written before this key existed is unchanged.
+    if dataset.customer_key is not None:
+        doc["customer_key"] = dataset.customer_key
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +91,7 @@ class Policy:
             "policy_id": self.policy_id,
             "description": self.description,
             "partner": self.partner,
-            "datasets": {
-                d.name: {
-                    "description": d.description,
-                    "fields": {
-                        f.name: {"tier": f.tier.value, "type": f.type, "pii_override": f.pii_override}
-                        for f in d.fields
-                    },
-                }
-                for d in self.datasets
-            },
+            "datasets": {d.name: _dataset_doc(d) for d in self.datasets},
             "allowed_analyses": sorted(set(self.allowed_analyses)),
             "allowed_purposes": sorted(set(self.allowed_purposes)),
             "privacy": {

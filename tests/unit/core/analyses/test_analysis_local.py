@@ -151,7 +151,7 @@ def test_count_without_group_reads_only_the_length() -> None:
 def test_fields_of_different_lengths_are_refused() -> None:
     plan = _plan("sum")
     data = {"region": np.array(["north"], dtype=object), "spend": np.array([1.0, 2.0])}
-    with pytest.raises(InvalidRequest, match="one entry per customer"):
+    with pytest.raises(InvalidRequest, match="one entry per row"):
         sums.local_vector(plan, data, rng=np.random.default_rng(0))
     ungrouped = count.plan(spec("count", {}), FIELDS, survivors_t=2, n_nodes=3)
     with pytest.raises(InvalidRequest, match="at least one array"):

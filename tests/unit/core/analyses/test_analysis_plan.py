@@ -53,7 +53,7 @@ def test_each_part_sigma_meets_its_rho(module: Any) -> None:
     plan = make(module, GOOD[module.INFO.name])
     for part in plan.parts:
         cost = distributed_gaussian_rho(
-            l1=part.l2_sensitivity,
+            l1=part.l1_sensitivity,
             l2=part.l2_sensitivity,
             sigma_node=part.sigma / math.sqrt(plan.survivors_t),
             summands=plan.survivors_t,
