@@ -185,3 +185,16 @@ def test_charge_is_frozen_and_validated():
 def test_bad_privacy_parameters_fail_closed(call):
     with pytest.raises(DpParameterError):
         call()
+
+
+def test_distributed_rho_is_the_published_kls_statement():
+    # KLS 2021 Thm. 1: min(Δ²/(2nσ²) + τd, (Δ/(sqrt(n)σ) + τ·sqrt(d))²/2) as a zCDP ρ.
+    sigma, n, d = 0.6, 50, 7
+    k = np.arange(1, n)
+    tau = 10 * float(np.sum(np.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1))))
+    var = n * sigma**2
+    expected = min(1 / (2 * var) + tau * d, (1 / math.sqrt(var) + tau * math.sqrt(d)) ** 2 / 2)
+    got = distributed_gaussian_rho(l1=5.0, l2=1.0, sigma_node=sigma, summands=n, dim=d)
+    assert got == pytest.approx(expected, rel=1e-12)
+    # The old first branch (τd/4) was smaller than the theorem allows.
+    assert got > 1 / (2 * var) + tau * d / 4
