@@ -33,6 +33,7 @@ from tessera.core.dp.calibrate import (
     skellam_sigma,
 )
 from tessera.core.dp.clip import Clipped, Sensitivity, clip_coordinates, clip_l2
+from tessera.core.dp.ddg import ddg_rho, ddg_sigma, ddg_sum_variance
 from tessera.core.dp.errors import DpParameterError, QuantisationOverflow
 from tessera.core.dp.mechanisms import (
     distributed_gaussian_share,
@@ -71,6 +72,9 @@ __all__ = [
     "clip_coordinates",
     "clip_l2",
     "compose",
+    "ddg_rho",
+    "ddg_sigma",
+    "ddg_sum_variance",
     "decode",
     "dequantise",
     "distributed_gaussian_rho",

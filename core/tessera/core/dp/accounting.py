@@ -178,7 +178,8 @@ def charge_for(plan: NoisePlan, sensitivity: Sensitivity, *, delta: float, dim: 
     """Price one release of a ``dim``-long vector under ``plan`` (sensitivity in integer units).
 
     The fewest shares a sum can hold is ``survivors_t``; more shares only add independent noise
-    (post-processing), so ``t`` is the worst case charged.
+    (post-processing), so ``t`` is the worst case charged. Discrete Gaussian shares are priced by
+    the tight accountant ``ddg.ddg_rho`` (integer shifts within ``l1``, ``l2`` and ``linf``).
     """
     t = plan.survivors_t
     if plan.mechanism is Mechanism.POLYA:
@@ -193,11 +194,15 @@ def charge_for(plan: NoisePlan, sensitivity: Sensitivity, *, delta: float, dim: 
     if plan.mechanism is Mechanism.SKELLAM:
         rho = skellam_rho(l1=sensitivity.l1, l2=sensitivity.l2, variance=plan.sigma_total**2)
     else:
-        rho = distributed_gaussian_rho(
+        # ddg imports this module (for ddg_tau); import it here to keep the graph acyclic.
+        from tessera.core.dp.ddg import ddg_rho
+
+        rho = ddg_rho(
+            sigma_total=plan.sigma_total,
+            survivors_t=t,
             l1=sensitivity.l1,
             l2=sensitivity.l2,
-            sigma_node=plan.sigma_total / math.sqrt(t),
-            summands=t,
+            linf=sensitivity.linf,
             dim=dim,
         )
     return Charge(

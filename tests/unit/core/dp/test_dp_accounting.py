@@ -94,9 +94,10 @@ def test_distributed_gaussian_calibration_meets_target_for_t_survivors():
     plan = NoisePlan(mechanism=Mechanism.DISCRETE_GAUSSIAN, survivors_t=9, n_nodes=10, sigma_total=sigma)
     charge = charge_for(plan, UNIT, delta=1e-6, dim=4)
     assert charge.epsilon <= 1.0
-    assert charge.epsilon == pytest.approx(1.0, abs=1e-6)
+    # ddg_sigma stops at a relative σ precision of 1e-4 (on the side that holds): ε within 5e-4.
+    assert charge.epsilon == pytest.approx(1.0, abs=5e-4)
     central = gaussian_sigma(epsilon=1.0, delta=1e-6, l2=1.0)
-    assert central <= sigma <= central * 1.001  # the tau term is negligible at sigma_node >= 1
+    assert central <= sigma <= central * 1.001  # shares of sd 1.5: the sum is all but Gaussian
 
 
 def test_distributed_rho_tau_term():
