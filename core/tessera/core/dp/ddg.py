@@ -254,7 +254,7 @@ def _vector_max(g: FloatArray, *, b1: int, b2: int, d: int) -> FloatArray:
     g = np.maximum(g, 0.0)
     l2_bound = np.max(g / (m * m), axis=1) * b2
     count_bound = np.max(g, axis=1) * min(d, b1)
-    bound = np.minimum(l2_bound, count_bound)
+    bound: FloatArray = np.minimum(l2_bound, count_bound)
     if b1 * cap <= _MAX_KNAPSACK:
         best = np.zeros((b1 + 1, g.shape[0]))
         for budget in range(1, b1 + 1):
