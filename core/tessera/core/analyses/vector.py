@@ -10,8 +10,9 @@ Privacy (add/remove-one-customer adjacency, zCDP): the job's ``(ε, δ)`` become
 δ)``; ρ is split across the parts (parts compose by adding their ρ). Each customer touches exactly
 ONE coordinate of every part, so a part's L1, L2 and L∞ sensitivities in integer units are equal
 (``l2_sensitivity == linf_bound``). A part's ``sigma`` is the least σ whose sum of ``survivors_t``
-shares of ``N_Z(0, σ²/t)`` meets the part's ρ under Kairouz–Liu–Steinke 2021, Thm. 1
-(``dp.accounting.distributed_gaussian_rho``). Sums that hold more shares only carry more noise.
+shares of ``N_Z(0, σ²/t)`` meets the part's ρ under the tight accountant of the exact sum
+(``dp.ddg.ddg_rho``; with small shares the sum's real sd is well below ``sigma``). Sums that hold
+more shares only carry more noise.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Distributed differential-privacy kernels: clip, quantise, noise shares, accounting, bit widths.
 
-Pure numpy and ``math``: no I/O, no grpc, no SQL. Every random draw comes from an injected
-``numpy.random.Generator``; product code makes one per round with ``rng.secure_generator()``.
+Pure numpy, ``math`` and ``cryptography``: no I/O, no grpc, no SQL. Every random draw comes from an
+injected ``numpy.random.Generator``; product code makes one per round with
+``rng.secure_generator()`` (an AES-256-CTR keystream under a fresh key).
 """
 
 from __future__ import annotations

@@ -349,14 +349,14 @@ def _rho(sigma: float, t: int, *, cap: int, b1: int, b2: int, d: int) -> float:
     central = b2 / (2 * var)
     if cap > _MAX_SHIFT or float(np.max(tail_bound)) <= central * (1 + _KLS_TIGHT):
         # Large shifts (large σ) or shares so wide that KLS is already tight: analytic only.
-        return max(float(np.max(tail_bound)), top)
+        return float(max(float(np.max(tail_bound)), top))
     depth = _depth_needed(alpha, analytic, sigma=sigma, t=t, cap=cap, b2=b2)
     window = _window(s, t, depth)
     pmf = _SumPmf(_Share(s, depth + math.log(t) + 2 * _MARGIN), t, window)
     g = _exact_g(pmf, alpha, cap)
     exact = _vector_max(g, b1=b1, b2=b2, d=d)
     rdp = np.minimum(exact, analytic)
-    return max(_sup_over_orders(alpha, rdp, tail_bound), top)
+    return float(max(_sup_over_orders(alpha, rdp, tail_bound), top))
 
 
 def _depth_needed(
