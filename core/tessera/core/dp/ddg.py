@@ -217,11 +217,11 @@ def _exact_g(pmf: _SumPmf, alpha: FloatArray, cap: int) -> FloatArray:
     # The usable set is the run of points around 0 where p̃ >= e^MARGIN·η (an interval in exact
     # arithmetic, p being log-concave; taking the run itself needs no such argument).
     bad = np.nonzero(logp < pmf.log_eta + _MARGIN)[0]
-    left, right = bad[bad < pmf.offset], bad[bad > pmf.offset]
-    if bad.size and not (left.size or right.size):
+    below, above = bad[bad < pmf.offset], bad[bad > pmf.offset]
+    if bad.size and not (below.size or above.size):
         return np.full((alpha.size, cap), np.inf)  # even x = 0 is unusable: no exact bound
-    lo = int(left[-1]) + 1 if left.size else 0
-    hi = int(right[0]) - 1 if right.size else logp.size - 1
+    lo = int(below[-1]) + 1 if below.size else 0
+    hi = int(above[0]) - 1 if above.size else logp.size - 1
     usable = logp[lo : hi + 1]
     x_lo, x_hi = lo - pmf.offset, hi - pmf.offset
     am1 = alpha - 1
