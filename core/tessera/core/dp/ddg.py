@@ -218,7 +218,7 @@ def _exact_g(pmf: _SumPmf, alpha: FloatArray, cap: int) -> FloatArray:
     # arithmetic, p being log-concave; taking the run itself needs no such argument).
     bad = np.nonzero(logp < pmf.log_eta + _MARGIN)[0]
     below, above = bad[bad < pmf.offset], bad[bad > pmf.offset]
-    if bad.size and not (below.size or above.size):
+    if np.any(bad == pmf.offset):
         return np.full((alpha.size, cap), np.inf)  # even x = 0 is unusable: no exact bound
     lo = int(below[-1]) + 1 if below.size else 0
     hi = int(above[0]) - 1 if above.size else logp.size - 1
