@@ -241,7 +241,7 @@ def main() -> None:
             "graph": "complete",
             "runs": args.runs,
             "noise": "discrete_gaussian_share",
-            "noise_generator": "dp.secure_generator() (PCG64DXSM, 256-bit os.urandom seed)",
+            "noise_generator": "dp.secure_generator() (AES-256-CTR keystream, 256-bit os.urandom key)",
             "epsilon": EPSILON,
             "delta": DELTA,
             "clip_l2_bound": CLIP_L2,

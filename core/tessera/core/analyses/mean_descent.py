@@ -8,8 +8,9 @@ driver then steps ``θ_{k+1} = θ_k - learning_rate · G/C`` (post-processing) a
 ``rounds`` rounds or as soon as a step moves ``θ`` by less than ``tolerance · (upper - lower)``;
 the unspent budget is then freed.
 
-Unit of privacy: one customer contributes 1 to the count and one gradient of magnitude at most
-``upper - lower`` (``θ`` is kept inside ``[lower, upper]``) per round: L1 = L2 = L∞ per part.
+Unit of privacy: one customer — all of its rows made one value by ``per_customer`` (default
+``sum``) — contributes 1 to the count and one gradient of magnitude at most ``upper - lower``
+(``θ`` is kept inside ``[lower, upper]``) per round: L1 = L2 = L∞ per part.
 Budget: ``ρ_total / rounds`` per round, half to each part.
 """
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from tessera.core.analyses import contribution as c
+from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.analyses.program import MAX_ROUNDS, Public, Step, rho_total
@@ -37,29 +40,29 @@ INFO = AnalysisInfo(
     min_nodes=3,
 )
 VALUE_BITS = 24
-_PARAMS = frozenset({"field", "lower", "upper", "rounds", "learning_rate", "tolerance"})
+_PARAMS = frozenset({"field", "lower", "upper", "rounds", "learning_rate", "tolerance", "per_customer"})
 
 
 def max_rounds(spec: JobSpec) -> int:
-    return v.int_param(spec, "rounds", default=10, low=1, high=MAX_ROUNDS)
+    return p.int_param(spec, "rounds", default=10, low=1, high=MAX_ROUNDS)
 
 
 def _learning_rate(spec: JobSpec) -> float:
-    rate = v.number_param(spec, "learning_rate", default=0.5)
+    rate = p.number_param(spec, "learning_rate", default=0.5)
     if not 0 < rate <= 1:
         raise InvalidRequest("parameter 'learning_rate' must be in (0, 1]")
     return rate
 
 
 def _tolerance(spec: JobSpec) -> float:
-    tol = v.number_param(spec, "tolerance", default=0.0)
+    tol = p.number_param(spec, "tolerance", default=0.0)
     if not 0 <= tol < 1:
         raise InvalidRequest("parameter 'tolerance' must be in [0, 1)")
     return tol
 
 
 def start(spec: JobSpec) -> Public:
-    lower, upper = v.bounds(spec)
+    lower, upper = p.bounds(spec)
     return {"theta": (lower + upper) / 2}
 
 
@@ -80,17 +83,18 @@ def plan(
     public: Public | None = None,
 ) -> v.VectorPlan:
     """Round ``round_no``'s plan: count and gradient sum, ρ_total/rounds split evenly (no data)."""
-    v.check_params(spec, _PARAMS - v.GROUP_PARAMS)
+    p.check_params(spec, _PARAMS - p.GROUP_PARAMS)
     if "group_by" in spec.params:
         raise InvalidRequest("mean_descent does not group its results")
-    v.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
+    p.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
     rounds = max_rounds(spec)
     if not 1 <= round_no <= rounds:
         raise InvalidRequest(f"round {round_no} is outside this job's {rounds} round(s)")
     _learning_rate(spec)
     _tolerance(spec)
-    field = v.value_field(spec, fields, numeric=True)
-    lower, upper = v.bounds(spec)
+    field = p.value_field(spec, fields, numeric=True)
+    bound = p.contribution(spec, fields, groups=1, values=True, rows_allowed=False)
+    lower, upper = p.bounds(spec)
     theta = _theta(start(spec) if public is None else public, lower, upper)
     rho = rho_total(spec) / rounds
     width = upper - lower  # |θ - clip(x)| <= width because θ stays inside [lower, upper]
@@ -102,17 +106,18 @@ def plan(
     return v.VectorPlan(
         analysis=INFO.name,
         dataset=spec.dataset,
-        fields=(field.name,),
+        fields=p.touched(bound.customer_key, field.name),
         length=2,
         parts=(count, grad),
         layout={
             "field": field.name,
             "group_by": None,
-            "groups": (v.ALL,),
+            "groups": (p.ALL,),
             "lower": lower,
             "upper": upper,
             "theta": theta,
             "round": round_no,
+            "contribution": bound.as_layout(),
         },
         epsilon=spec.epsilon,
         delta=spec.delta,
@@ -123,12 +128,12 @@ def plan(
 
 
 def _gradients(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
+    """One gradient per customer with a value: its rows become one value (``per_customer``)."""
     layout = plan.layout
-    values = v.numeric(data, layout["field"])
-    v.rows(data, plan)  # one entry per customer
-    present = values[~np.isnan(values)]
+    values = c.numeric(data, layout["field"])
+    _, value = c.per_customer_values(plan, data, values=values, eligible=~np.isnan(values))
     width = layout["upper"] - layout["lower"]
-    return np.clip(layout["theta"] - np.clip(present, layout["lower"], layout["upper"]), -width, width)
+    return np.clip(layout["theta"] - np.clip(value, layout["lower"], layout["upper"]), -width, width)
 
 
 def local_vector(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:
@@ -155,13 +160,13 @@ def release(plan: v.VectorPlan, total: Any, *, summands: int, min_cohort_size: i
         grad = v.estimate(float(noisy[1]) / grad_part.scale, v.half_width(plan, grad_part, summands=summands))
     doc["theta"] = plan.layout["theta"]
     doc["round"] = plan.layout["round"]
-    doc["cells"].append({"group": v.ALL, "count": count, "gradient_sum": grad, "suppressed": suppressed})
+    doc["cells"].append({"group": p.ALL, "count": count, "gradient_sum": grad, "suppressed": suppressed})
     return doc
 
 
 def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, Any]) -> Step:
     """``θ <- θ - rate·G/C`` kept inside the bounds; stops at the last round or a small step."""
-    lower, upper = v.bounds(spec)
+    lower, upper = p.bounds(spec)
     theta = _theta(public, lower, upper)
     cell = released["cells"][0]
     if cell["suppressed"] or cell["count"]["value"] <= 0:

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from tessera.core.analyses.base import AnalysisInfo
-from tessera.core.analyses.vector import VectorPlan, privacy_rho
+from tessera.core.analyses.params import privacy_rho
+from tessera.core.analyses.vector import VectorPlan
 from tessera.core.errors import InvalidRequest
 from tessera.core.types import FieldSchema, JobSpec
 

@@ -12,8 +12,9 @@ Privacy (add/remove-one-customer adjacency, zCDP): the job's ``(ε, δ)`` become
 customer — with all of its rows — can change in it, in integer units with stochastic rounding
 included: ``l1_sensitivity``, ``l2_sensitivity`` and ``linf_bound`` (one coordinate; it also sizes
 the modulus). A part's ``sigma`` is the least σ whose sum of ``survivors_t`` shares of
-``N_Z(0, σ²/t)`` meets the part's ρ for those L1 and L2 under Kairouz–Liu–Steinke 2021, Thm. 1
-(``dp.accounting.distributed_gaussian_rho``). Sums that hold more shares only carry more noise.
+``N_Z(0, σ²/t)`` meets the part's ρ for those sensitivities under the tight accountant of the
+exact sum (``dp.ddg.ddg_rho``; with small shares the sum's real sd is well below ``sigma``).
+Sums that hold more shares only carry more noise.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tessera.core.dp import (
 )
 from tessera.core.dp import decode as _dp_decode
 from tessera.core.dp import encode_words as _dp_encode_words
-from tessera.core.dp.accounting import distributed_gaussian_rho
+from tessera.core.dp.ddg import ddg_sigma
 from tessera.core.errors import InvalidRequest
 from tessera.core.types import Stage
 
@@ -147,29 +148,19 @@ class VectorPlan:
         }
 
 
-def sigma_for(*, rho: float, l1: float, l2: float, survivors_t: int, dim: int) -> float:
+def sigma_for(
+    *, rho: float, l1: float, l2: float, survivors_t: int, dim: int, linf: float | None = None
+) -> float:
     """Least ``sigma_total`` whose sum of ``t`` shares ``N_Z(0, σ²/t)^dim`` is ``rho``-zCDP.
 
-    Starts at the central value ``Δ₂/sqrt(2ρ)`` (KLS 2021 needs ``σ/sqrt(t) >= 1/2``), doubles until
-    the bound holds, then bisects to a relative precision of 1e-9, returning the side that holds.
+    Calibrated by the tight accountant of the exact sum (``dp.ddg.ddg_sigma``: exact pmf and Rényi
+    divergences, with the KLS 2021 bound as a fallback), to a relative precision of 1e-4 and on
+    the side that holds; cached, so every node and the coordinator pay for it once per key.
+    ``linf`` defaults to ``l1``. ``dim`` only counts through the coordinates a shift can touch.
     """
     if not math.isfinite(rho) or rho <= 0:
         raise DpParameterError("a part's rho must be a positive finite number")
-
-    def rho_of(sigma: float) -> float:
-        return distributed_gaussian_rho(
-            l1=l1, l2=l2, sigma_node=sigma / math.sqrt(survivors_t), summands=survivors_t, dim=dim
-        )
-
-    lo = hi = max(l2 / math.sqrt(2 * rho), 0.5 * math.sqrt(survivors_t))
-    while rho_of(hi) > rho:
-        lo, hi = hi, hi * 2
-        if hi > 1e30:
-            raise DpParameterError("no finite noise meets this part's rho")
-    while hi - lo > 1e-9 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if rho_of(mid) <= rho else (mid, hi)
-    return hi
+    return ddg_sigma(rho=rho, survivors_t=survivors_t, l1=l1, l2=l2, linf=linf, dim=dim)
 
 
 def make_part(
@@ -190,7 +181,9 @@ def make_part(
     """
     l1_bound = float(linf_bound if l1 is None else l1)
     l2_bound = float(linf_bound if l2 is None else l2)
-    sigma = sigma_for(rho=rho, l1=l1_bound, l2=l2_bound, survivors_t=survivors_t, dim=stop - start)
+    sigma = sigma_for(
+        rho=rho, l1=l1_bound, l2=l2_bound, linf=float(linf_bound), survivors_t=survivors_t, dim=stop - start
+    )
     return VectorPart(
         name=name,
         start=start,

@@ -1,7 +1,8 @@
 """Distributed differential-privacy kernels: clip, quantise, noise shares, accounting, bit widths.
 
-Pure numpy and ``math``: no I/O, no grpc, no SQL. Every random draw comes from an injected
-``numpy.random.Generator``; product code makes one per round with ``rng.secure_generator()``.
+Pure numpy, ``math`` and ``cryptography``: no I/O, no grpc, no SQL. Every random draw comes from an
+injected ``numpy.random.Generator``; product code makes one per round with
+``rng.secure_generator()`` (an AES-256-CTR keystream under a fresh key).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tessera.core.dp.calibrate import (
     skellam_sigma,
 )
 from tessera.core.dp.clip import Clipped, Sensitivity, clip_coordinates, clip_l2
+from tessera.core.dp.ddg import ddg_rho, ddg_sigma, ddg_sum_variance
 from tessera.core.dp.errors import DpParameterError, QuantisationOverflow
 from tessera.core.dp.mechanisms import (
     distributed_gaussian_share,
@@ -71,6 +73,9 @@ __all__ = [
     "clip_coordinates",
     "clip_l2",
     "compose",
+    "ddg_rho",
+    "ddg_sigma",
+    "ddg_sum_variance",
     "decode",
     "dequantise",
     "distributed_gaussian_rho",

@@ -9,10 +9,11 @@ Bounds used (sensitivities in integer units, see ``quantise.integer_sensitivity`
 
 * central discrete Gaussian ``N_Z(0, σ²)^d``: ``ρ = Δ₂²/(2σ²)`` (Canonne, Kamath & Steinke 2020,
   Thm. 4 and its multivariate form);
-* sum of ``n`` independent ``N_Z(0, σ²)`` (σ >= 1/2): ``ρ = ε²/2`` with
-  ``ε = min(sqrt(Δ₂²/(nσ²) + τd/2), Δ₁/(sqrt(n)σ) + τd)`` and
-  ``τ = 10·Σ_{k=1}^{n-1} exp(-2π²σ²·k/(k+1))`` (Kairouz, Liu & Steinke, "The Distributed Discrete
-  Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021, Thm. 1);
+* sum of ``n`` independent ``N_Z(0, σ²)`` (σ >= 1/2), Kairouz, Liu & Steinke, "The Distributed
+  Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021, Thm. 1:
+  Rényi DP ``min(αΔ₂²/(2nσ²) + τd, α/2·(Δ₂/(sqrt(n)σ) + τ·sqrt(d))²)`` for every ``α >= 1``, with
+  ``τ = 10·Σ_{k=1}^{n-1} exp(-2π²σ²·k/(k+1))`` (``distributed_gaussian_rho``, a fallback and
+  cross-check); the tight, exact accountant of the same sum is ``ddg.ddg_rho``;
 * Skellam with variance ``V``: the RDP bound of Agarwal, Kairouz & Liu 2021, Thm. 3.5 (not the
   Gaussian approximation ``Δ₂²/(2V)``), ``ε(α) = αΔ₂²/(2V) + min(((2α-1)Δ₂² + 6Δ₁)/(4V²),
   3Δ₁/(2V))``, turned into a ρ valid for every ``α > 1`` (see ``skellam_rho``).
@@ -62,15 +63,26 @@ def ddg_tau(*, sigma_node: float, summands: int) -> float:
 
 
 def distributed_gaussian_rho(*, l1: float, l2: float, sigma_node: float, summands: int, dim: int) -> float:
-    """ρ of the sum of ``summands`` independent ``N_Z(0, σ_node²)^d`` shares (KLS 2021, Thm. 1)."""
+    """ρ of the sum of ``summands`` independent ``N_Z(0, σ_node²)^d`` shares (KLS 2021, Thm. 1).
+
+    Thm. 1 bounds the Rényi divergence of every order ``α >= 1`` by the smaller of
+    ``αΔ₂²/(2nσ²) + τd`` and ``α/2·(Δ₂/(sqrt(n)σ) + τ·sqrt(d))²``; ``a·α + b`` with ``b >= 0`` is at
+    most ``(a + b)·α`` for ``α >= 1``, so the first is ``(Δ₂²/(2nσ²) + τd)``-zCDP and the second
+    ``(Δ₂/(sqrt(n)σ) + τ·sqrt(d))²/2``-zCDP. (An earlier version of this function put ``τd/4`` in the
+    first branch and ``Δ₁`` in the second; neither is the published statement.) ``l1`` is unused by
+    the theorem and kept for the signature. Loose when ``σ_node`` is near 1/2 or ``n·d`` is large:
+    ``ddg.ddg_rho`` is the tight accountant.
+    """
+    del l1
     if sigma_node < 0.5:
         raise DpParameterError("the distributed discrete Gaussian bound needs sigma_node >= 1/2")
     if summands < 1 or dim < 1:
         raise DpParameterError("summands and dim must be at least 1")
     tau = ddg_tau(sigma_node=sigma_node, summands=summands)
     var = summands * sigma_node**2
-    eps = min(math.sqrt(l2 * l2 / var + tau * dim / 2), l1 / math.sqrt(var) + tau * dim)
-    return eps * eps / 2
+    first = l2 * l2 / (2 * var) + tau * dim
+    second = (l2 / math.sqrt(var) + tau * math.sqrt(dim)) ** 2 / 2
+    return min(first, second)
 
 
 def skellam_rdp(order: float, *, l1: float, l2: float, variance: float) -> float:
@@ -166,7 +178,8 @@ def charge_for(plan: NoisePlan, sensitivity: Sensitivity, *, delta: float, dim: 
     """Price one release of a ``dim``-long vector under ``plan`` (sensitivity in integer units).
 
     The fewest shares a sum can hold is ``survivors_t``; more shares only add independent noise
-    (post-processing), so ``t`` is the worst case charged.
+    (post-processing), so ``t`` is the worst case charged. Discrete Gaussian shares are priced by
+    the tight accountant ``ddg.ddg_rho`` (integer shifts within ``l1``, ``l2`` and ``linf``).
     """
     t = plan.survivors_t
     if plan.mechanism is Mechanism.POLYA:
@@ -181,11 +194,15 @@ def charge_for(plan: NoisePlan, sensitivity: Sensitivity, *, delta: float, dim: 
     if plan.mechanism is Mechanism.SKELLAM:
         rho = skellam_rho(l1=sensitivity.l1, l2=sensitivity.l2, variance=plan.sigma_total**2)
     else:
-        rho = distributed_gaussian_rho(
+        # ddg imports this module (for ddg_tau); import it here to keep the graph acyclic.
+        from tessera.core.dp.ddg import ddg_rho
+
+        rho = ddg_rho(
+            sigma_total=plan.sigma_total,
+            survivors_t=t,
             l1=sensitivity.l1,
             l2=sensitivity.l2,
-            sigma_node=plan.sigma_total / math.sqrt(t),
-            summands=t,
+            linf=sensitivity.linf,
             dim=dim,
         )
     return Charge(

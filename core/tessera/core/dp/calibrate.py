@@ -9,11 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tessera.core.dp.accounting import (
-    distributed_gaussian_rho,
-    rho_to_epsilon,
-    skellam_rho,
-)
+from tessera.core.dp.accounting import rho_to_epsilon, skellam_rho
+from tessera.core.dp.ddg import ddg_sigma
 from tessera.core.dp.errors import DpParameterError
 
 _ITERATIONS = 200
@@ -69,22 +66,22 @@ def gaussian_sigma(*, epsilon: float, delta: float, l2: float) -> float:
 
 
 def distributed_gaussian_sigma(
-    *, epsilon: float, delta: float, l1: float, l2: float, survivors_t: int, dim: int
+    *,
+    epsilon: float,
+    delta: float,
+    l1: float,
+    l2: float,
+    survivors_t: int,
+    dim: int,
+    linf: float | None = None,
 ) -> float:
-    """``sigma_total`` such that any ``t`` shares of ``N_Z(0, σ²/t)`` meet (ε, δ) (KLS 2021 bound).
+    """``sigma_total`` such that any ``t`` shares of ``N_Z(0, σ²/t)`` meet (ε, δ) (``ddg.ddg_sigma``).
 
-    Starts from the central σ and only grows it by what the τ term of the sum demands, usually
-    nothing measurable once ``σ²/t >= 1``.
+    The tight accountant of the exact sum: with small shares the sum's real variance is well below
+    ``σ²``, so ``sigma_total`` may exceed the central value while the noise actually added does not.
     """
     rho = rho_for(epsilon=epsilon, delta=delta)
-    start = max(gaussian_sigma(epsilon=epsilon, delta=delta, l2=l2), 0.5 * math.sqrt(survivors_t))
-
-    def rho_of(sigma_total: float) -> float:
-        return distributed_gaussian_rho(
-            l1=l1, l2=l2, sigma_node=sigma_total / math.sqrt(survivors_t), summands=survivors_t, dim=dim
-        )
-
-    return _least_noise(rho_of, rho, start)
+    return ddg_sigma(rho=rho, survivors_t=survivors_t, l1=l1, l2=l2, linf=linf, dim=dim)
 
 
 def skellam_sigma(*, epsilon: float, delta: float, l1: float, l2: float) -> float:

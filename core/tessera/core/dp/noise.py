@@ -83,8 +83,9 @@ def discrete_gaussian(*, sigma: float, size: Size, rng: np.random.Generator) -> 
     probability carries a relative error of order 2^-52, far below any δ we use. Variance is at
     most ``σ²`` and within ``1e-12`` relative of it for ``σ >= 1``.
 
-    Cost: about 1.3 proposals per sample for ``σ >= 1`` (1.6 at most), each two ziggurat
-    exponentials and a few in-cache float operations (see ``_dg_chunk``): ~20 ns per sample,
+    Cost: about 1.3 proposals per sample for ``σ >= 1`` (1.6 at most), each two standard
+    exponentials (AES-CTR words and a log with ``rng.secure_generator``, ziggurat with a numpy
+    generator) and a few in-cache float operations (see ``_dg_chunk``): ~18-20 ns per sample,
     a third of the plain batch version. Skellam (``skellam``) is no faster substitute at a node's
     variances (~6e4² per share): numpy's Poisson sampler costs about three times as much.
     """
@@ -170,8 +171,8 @@ def discrete_gaussian_share(
 ) -> IntArray:
     """One node's discrete Gaussian share ``N_Z(0, σ²/t)``.
 
-    The sum of ``t`` shares is not exactly ``N_Z(0, σ²)`` but close to it when ``σ²/t`` is not tiny;
-    the accounting uses the bound of Kairouz, Liu & Steinke 2021 for sums of discrete Gaussians.
+    The sum of ``t`` shares is not ``N_Z(0, σ²)``; when ``σ²/t`` is small its variance is well below
+    ``σ²``. ``ddg.ddg_rho`` accounts for the exact sum (KLS 2021 is kept as a fallback bound).
     """
     t = _parties(survivors_t)
     return discrete_gaussian(sigma=_positive("sigma_total", sigma_total) / math.sqrt(t), size=size, rng=rng)
