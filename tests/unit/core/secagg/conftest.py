@@ -1,86 +1,48 @@
-"""A hand-driven round for the protocol tests: real clients, a real server, seeded randomness."""
+"""A hand-driven epoch for the protocol tests: real clients, a real server, seeded randomness."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tessera.core.secagg.client import SecAggClient
-from tessera.core.secagg.graph import NeighbourGraph
-from tessera.core.secagg.messages import AggregateResult, ForwardedShares, KeyRoster, UnmaskRequest
-from tessera.core.secagg.protocol import RoundConfig
-from tessera.core.secagg.server import SecAggServer
+from tessera.core.secagg.messages import ConsistencyRequest, ForwardedShares
+from tessera.core.secagg.testing import EpochHarness
 
 # Certificate keys are slow-ish to make; one set serves every test (signatures do not affect sums).
-_CERTS = {f"n{i}": ec.generate_private_key(ec.SECP256R1()) for i in range(12)}
+CERTS = {f"n{i:02d}" if i >= 10 else f"n{i}": ec.generate_private_key(ec.SECP256R1()) for i in range(100)}
 
 
-class Round:
-    def __init__(
-        self,
-        n: int,
-        *,
-        threshold: int,
-        bits: int = 32,
-        length: int = 6,
-        round_no: int = 1,
-        graph: NeighbourGraph | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.nodes = [f"n{i}" for i in range(n)]
-        self.rng = np.random.default_rng(seed)
-        self.config = RoundConfig(
-            job_id="job-t",
-            round_no=round_no,
-            participants=tuple(self.nodes),
+def node_names(n: int) -> list[str]:
+    return [f"n{i:02d}" if i >= 10 else f"n{i}" for i in range(n)]
+
+
+class Epoch(EpochHarness):
+    """An :class:`EpochHarness` over nodes n0, n1, ... with one random input per node."""
+
+    def __init__(self, n: int, *, threshold: int, seed: int = 0, **kwargs: Any) -> None:
+        nodes = node_names(n)
+        super().__init__(
+            nodes,
             threshold=threshold,
-            bits=bits,
-            length=length,
-            graph=graph,
+            rng=np.random.default_rng(seed),
+            signing={v: CERTS[v] for v in nodes},
+            **kwargs,
         )
-        certs = {node: _CERTS[node].public_key() for node in self.nodes}
-        self.clients = {
-            node: SecAggClient(
-                self.config, node_id=node, signing_key=_CERTS[node], peer_keys=certs, rng=self.rng.bytes
-            )
-            for node in self.nodes
-        }
-        self.server = SecAggServer(self.config)
-        dtype = self.config.dtype
-        self.inputs = {
-            node: self.rng.integers(0, 2**bits, size=length, dtype=np.uint64).astype(dtype)
-            for node in self.nodes
-        }
+        self.inputs = self.vectors()
 
-    def expected(self, survivors: tuple[str, ...]) -> np.ndarray:
-        total = sum((self.inputs[s].astype(object) for s in survivors), np.zeros(self.config.length, object))
-        return np.array([int(v) % 2**self.config.bits for v in total], dtype=np.uint64)
+    def expected_sum(self, survivors: Iterable[str]) -> list[int]:
+        return self.expected(self.inputs, survivors)
 
-    def advertise(self, nodes: list[str] | None = None) -> KeyRoster:
-        for node in self.nodes if nodes is None else nodes:
-            self.server.receive_advertisement(self.clients[node].advertise(), peer=node)
-        return self.server.close_advertisements()
-
-    def share(self, roster: KeyRoster, nodes: list[str] | None = None) -> dict[str, ForwardedShares]:
-        for node in self.nodes if nodes is None else nodes:
-            self.server.receive_shares(self.clients[node].share_keys(roster), peer=node)
-        return self.server.close_shares()
-
-    def mask(self, forwarded: dict[str, ForwardedShares], nodes: list[str] | None = None) -> UnmaskRequest:
-        for node in self.nodes if nodes is None else nodes:
-            masked = self.clients[node].masked_input(forwarded[node], self.inputs[node])
-            self.server.receive_masked_input(masked, peer=node)
-        return self.server.close_masked_inputs()
-
-    def unmask(self, request: UnmaskRequest, nodes: list[str] | None = None) -> AggregateResult:
-        for node in request.survivors if nodes is None else nodes:
-            self.server.receive_unmask(self.clients[node].unmask(request), peer=node)
-        return self.server.finish()
+    def mask_inputs(
+        self, forwarded: dict[str, ForwardedShares], nodes: Iterable[str] | None = None
+    ) -> ConsistencyRequest:
+        return self.mask(forwarded, self.inputs, nodes)
 
 
 @pytest.fixture
-def make_round() -> Callable[..., Round]:
-    return Round
+def make_epoch() -> Callable[..., Epoch]:
+    return Epoch
