@@ -188,6 +188,10 @@ class SecAggClient:
             raise
 
     # -- helpers -------------------------------------------------------------------------------
+    def _fresh_seed(self) -> bytes:
+        """A new self-mask seed b_u: one per round, never reused (see :mod:`.security`, 4)."""
+        return self._rng(SEED_BYTES)
+
     def _share_key(self, peer: str) -> bytes:
         key = self._share_keys.get(peer)
         if key is None:
@@ -274,7 +278,7 @@ class SecAggClient:
             )
         self._roster = ads
         self._eligible = frozenset(ads)
-        self._self_seed = self._rng(SEED_BYTES)
+        self._self_seed = self._fresh_seed()
         ids = [cfg.share_id(h) for h in holders]
         t = cfg.share_threshold
         seed_shares = shamir.split(self._self_seed, threshold=t, share_ids=ids, rng=self._rng)
@@ -421,7 +425,7 @@ class SecAggClient:
         holders = sorted(cfg.holders(me, survivors))
         if request.next_round and len(holders) >= cfg.share_threshold:
             next_round = self._round + 1
-            seed = self._rng(SEED_BYTES)
+            seed = self._fresh_seed()
             ids = [cfg.share_id(h) for h in holders]
             shares = shamir.split(seed, threshold=cfg.share_threshold, share_ids=ids, rng=self._rng)
             for holder in holders:
