@@ -36,15 +36,13 @@ from pathlib import Path
 
 import cryptography
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from tessera.core import dp
 from tessera.core.secagg import prg
 from tessera.core.secagg.client import SecAggClient
 from tessera.core.secagg.messages import ForwardedShares
-from tessera.core.secagg.protocol import RoundConfig
-from tessera.core.secagg.server import SecAggServer
+from tessera.core.secagg.testing import EpochHarness
 
 TARGET_TOTAL_MS = 150.0
 EPSILON, DELTA = 1.0, 1e-6
@@ -94,26 +92,8 @@ def node_round(
 ) -> tuple[SecAggClient, ForwardedShares]:
     """Run a complete-graph round of ``peers + 1`` nodes up to MASKED_INPUT; node00's side of it."""
     nodes = [f"node{i:02d}" for i in range(peers + 1)]
-    config = RoundConfig(
-        job_id="bench",
-        round_no=1,
-        participants=tuple(nodes),
-        threshold=len(nodes) // 2 + 1,
-        bits=bits,
-        length=length,
-    )
-    certs = {v: ec.generate_private_key(ec.SECP256R1()) for v in nodes}
-    pubs = {v: k.public_key() for v, k in certs.items()}
-    clients = {
-        v: SecAggClient(config, node_id=v, signing_key=certs[v], peer_keys=pubs, rng=rng.bytes) for v in nodes
-    }
-    server = SecAggServer(config)
-    for v in nodes:
-        server.receive_advertisement(clients[v].advertise(), peer=v)
-    roster = server.close_advertisements()
-    for v in nodes:
-        server.receive_shares(clients[v].share_keys(roster), peer=v)
-    return clients["node00"], server.close_shares()["node00"]
+    harness = EpochHarness(nodes, threshold=len(nodes) // 2 + 1, rng=rng, bits=bits, length=length)
+    return harness.clients["node00"], harness.share(harness.advertise())["node00"]
 
 
 def plan_round(*, size: int, peers: int) -> dict[str, float | int]:
@@ -166,7 +146,7 @@ def pipeline_once(
     lap("noise")
     encoded = dp.encode(noisy, bits=int(params["bits"]))
     lap("encode")
-    client.masked_input(fwd, encoded)
+    client.masked_input(fwd, encoded, 1)
     lap("mask")
     # CPU time of the whole path: unlike wall time, barely moved by other jobs on a shared machine.
     times["cpu_total"] = time.process_time() - cpu_start

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from tessera.core.secagg import prg
 from tessera.core.secagg.client import SecAggClient
 from tessera.core.secagg.messages import ForwardedShares
-from tessera.core.secagg.protocol import RoundConfig
+from tessera.core.secagg.protocol import EpochConfig
 from tessera.core.secagg.server import SecAggServer
+from tessera.core.secagg.testing import EpochHarness
 
 T = TypeVar("T")
 
@@ -51,28 +51,11 @@ def _nothing() -> None:
 
 def _round(
     n: int, length: int, dtype_bits: int, rng: np.random.Generator
-) -> tuple[RoundConfig, dict[str, SecAggClient], SecAggServer, dict[str, ForwardedShares]]:
+) -> tuple[EpochConfig, dict[str, SecAggClient], SecAggServer, dict[str, ForwardedShares]]:
     nodes = [f"node{i:02d}" for i in range(n)]
-    cfg = RoundConfig(
-        job_id="bench",
-        round_no=1,
-        participants=tuple(nodes),
-        threshold=n // 2 + 1,
-        bits=dtype_bits,
-        length=length,
-    )
-    certs = {v: ec.generate_private_key(ec.SECP256R1()) for v in nodes}
-    pubs = {v: k.public_key() for v, k in certs.items()}
-    clients = {
-        v: SecAggClient(cfg, node_id=v, signing_key=certs[v], peer_keys=pubs, rng=rng.bytes) for v in nodes
-    }
-    server = SecAggServer(cfg)
-    for v in nodes:
-        server.receive_advertisement(clients[v].advertise(), peer=v)
-    roster = server.close_advertisements()
-    for v in nodes:
-        server.receive_shares(clients[v].share_keys(roster), peer=v)
-    return cfg, clients, server, server.close_shares()
+    harness = EpochHarness(nodes, threshold=n // 2 + 1, rng=rng, bits=dtype_bits, length=length)
+    forwarded = harness.share(harness.advertise())
+    return harness.config, harness.clients, harness.server, forwarded
 
 
 def bench_node(length: int, peers: int, runs: int, rng: np.random.Generator) -> dict[str, float]:
@@ -111,7 +94,7 @@ def bench_node(length: int, peers: int, runs: int, rng: np.random.Generator) -> 
         "add_ms": _median_ms(add_only, runs, _nothing),
         "floor_ms": _median_ms(floor, runs, _nothing),
         "unsliced_expand_then_add_ms": _median_ms(naive, runs, _nothing),
-        "total_ms": _median_ms(lambda s: s[0].masked_input(s[1], x), runs, setup),
+        "total_ms": _median_ms(lambda s: s[0].masked_input(s[1], x, 1), runs, setup),
     }
 
 
@@ -124,8 +107,11 @@ def bench_server(length: int, n: int, runs: int, rng: np.random.Generator) -> di
     def setup() -> SecAggServer:
         _, clients, server, fwd = _round(n, length, 32, rng)
         for v in list(clients)[1:]:  # node00 drops after sharing its keys
-            server.receive_masked_input(clients[v].masked_input(fwd[v], x[v]), peer=v)
-        request = server.close_masked_inputs()
+            server.receive_masked_input(clients[v].masked_input(fwd[v], x[v], 1), peer=v)
+        check = server.close_masked_inputs()
+        for v in check.survivors:
+            server.receive_consistency(clients[v].consistency(check), peer=v)
+        request = server.close_consistency()
         for v in request.survivors:
             server.receive_unmask(clients[v].unmask(request), peer=v)
         return server

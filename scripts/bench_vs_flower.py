@@ -205,7 +205,7 @@ def main() -> None:
         quantise_s = sum(parts.values())
         mask_s, _ = timed(lambda: prg.add_keystreams(encoded, seeds))
         parts2, encoded2 = t_quantise()
-        keyed_s, _ = timed(lambda: client.masked_input(fwd, encoded2))
+        keyed_s, _ = timed(lambda: client.masked_input(fwd, encoded2, 1))
         return {
             "tessera_quantise": quantise_s,
             **{f"tessera_quantise_{name}": seconds for name, seconds in parts.items()},

@@ -4,7 +4,8 @@ ADVERTISE_KEYS: check the job against the policy, plan the vector, verify every 
 certificate against the consortium CA, reserve the budget — all before any data is read — and
 advertise this round's signed keys. SHARE_KEYS: share the mask secrets. MASKED_INPUT: read the
 data, compute the clipped, quantised vector, add this node's noise share, mask it; the message is
-charged to the budget in the same transaction as its egress record. UNMASK: release the shares.
+charged to the budget in the same transaction as its egress record. CONSISTENCY_CHECK: sign the
+survivor set. UNMASK: release the shares once enough survivors signed the same set.
 A refusal at any stage is a veto; a reservation that will not be spent is released.
 """
 
@@ -32,8 +33,8 @@ from tessera.core.pki import TlsFiles, load_revoked_serials
 from tessera.core.pki.verify import verify_certificate
 from tessera.core.policy import Policy, check_job
 from tessera.core.rounds import RoundSetup, analysis_spec
-from tessera.core.secagg import SecAggClient, codec
-from tessera.core.secagg.messages import ForwardedShares, KeyRoster, UnmaskRequest
+from tessera.core.secagg import SecAggClient, SecurityParams, codec
+from tessera.core.secagg.messages import ConsistencyRequest, ForwardedShares, KeyRoster, UnmaskRequest
 from tessera.core.types import JobSpec, Stage
 from tessera.v1 import node_pb2
 
@@ -83,6 +84,7 @@ class DpRunner:
         """Drop a round's state and give back its unspent reservation (after a veto or failure)."""
         state = self._rounds.pop(job_id, None)
         if state is not None:
+            state.client.destroy()
             # A reservation already spent (the masked input left) stays spent: it was paid for.
             with contextlib.suppress(Conflict):
                 self.budget.release(state.reservation)
@@ -125,6 +127,11 @@ class DpRunner:
             return self._send(task, state, stage, codec.encode(state.client.share_keys(roster)))
         if stage is Stage.MASKED_INPUT:
             return self._masked_input(task, state)
+        if stage is Stage.CONSISTENCY_CHECK:
+            check = codec.decode(task.stage_input)
+            if not isinstance(check, ConsistencyRequest):
+                raise InvalidRequest("the consistency-check stage input is not a consistency request")
+            return self._send(task, state, stage, codec.encode(state.client.consistency(check)))
         if stage is Stage.UNMASK:
             request = codec.decode(task.stage_input)
             if not isinstance(request, UnmaskRequest):
@@ -157,16 +164,20 @@ class DpRunner:
         if plan.length != setup.length:
             raise InvalidRequest("the coordinator's vector length differs from this node's plan")
         peer_keys = self._verified_peer_keys(setup)
+        self.forget(task.job_id)  # an older epoch of this job is destroyed before a new one starts
         # Budget last among the checks: a reservation is the only one that changes state.
         reservation = self.budget.reserve(
             job_id=task.job_id, dataset=spec.dataset, epsilon=spec.epsilon, delta=spec.delta
         )
         try:
+            # The node's own security parameters: it builds the graph and checks the threshold itself.
+            security = SecurityParams.from_policy(self.policy)
             client = SecAggClient(
-                setup.config(),
+                setup.config(security),
                 node_id=self.node_id,
                 signing_key=self.identity.signing_key,
                 peer_keys=peer_keys,
+                security=security,
             )
             state = _Round(setup, spec, analysis, plan, client, reservation)
             self._rounds[task.job_id] = state
@@ -185,7 +196,7 @@ class DpRunner:
         rng = secure_generator()
         noisy = add_noise(plan, state.analysis.local_vector(plan, columns, rng=rng), rng=rng)
         vector = encode(noisy, bits=config.bits).astype(config.dtype)
-        masked = state.client.masked_input(forwarded, vector)
+        masked = state.client.masked_input(forwarded, vector, task.round)
         noise: dict[str, float | int | str] = {f"sigma_{p.name}": float(p.sigma) for p in plan.parts}
         noise["mechanism"] = "distributed_discrete_gaussian"
         noise["survivors_t"] = config.threshold

@@ -1,9 +1,14 @@
-"""The public set-up of one secure-aggregation round, as the coordinator sends it to every node.
+"""The public set-up of one secure-aggregation epoch, as the coordinator sends it to every node.
 
 It travels as the stage input of the ADVERTISE_KEYS task (opaque bytes on the wire, JSON inside)
-and carries everything a node needs to build the same ``RoundConfig`` as the coordinator, plus
-each participant's certificate so that nodes can verify advertised keys themselves: the
-coordinator relays certificates but cannot forge one, so it cannot substitute a node's keys.
+and carries what a node needs to build the epoch's ``EpochConfig``, plus each participant's
+certificate so that nodes can verify advertised keys themselves: the coordinator relays
+certificates but cannot forge one, so it cannot substitute a node's keys.
+
+The coordinator only *proposes*: a node builds the masking graph itself from the public seed with
+a degree of at least its own minimum (``SecurityParams.graph``), ignores a ``max_dropout`` below
+its own assumption, and refuses a threshold below its policy (``secagg.unsafe_parameters``).
+Nodes that disagree on the result sign different parameter digests and stop at SHARE_KEYS.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 from dataclasses import dataclass, replace
 
 from tessera.core.errors import InvalidRequest
-from tessera.core.secagg import RoundConfig, complete_graph, sparse_graph
+from tessera.core.secagg import EpochConfig, SecurityParams
 from tessera.core.types import JobSpec
 
 # Job parameters that shape the round rather than the analysis; analyses never see them.
@@ -21,6 +26,10 @@ ROUND_PARAMS = frozenset({"max_dropouts", "max_customers"})
 # Above this many nodes the SecAgg+ sparse graph replaces the complete one (Bell et al. 2020):
 # each node then masks with O(log n) neighbours instead of n - 1.
 SPARSE_FROM = 20
+
+# What the coordinator assumes of nodes when it derives the graph itself (``degree`` 0): the
+# policy default collusion tolerance. Nodes with a stricter policy need a larger ``degree``.
+COORDINATOR_VIEW = SecurityParams(min_participants=2, collusion_tolerance=1)
 
 
 def round_param(spec: JobSpec, name: str, default: int) -> int:
@@ -46,18 +55,30 @@ class RoundSetup:
     length: int
     certificates: tuple[tuple[str, str], ...]  # (node id, certificate PEM), sorted by node id
     graph_seed: str = ""  # hex; empty means the complete graph
-    max_dropout: float = 0.1
+    max_dropout: float = 0.1  # a proposal: it can raise a node's degree, never lower it
+    epoch: int = 0
+    degree: int = 0  # proposed sparse-graph degree; 0 = each party derives its own minimum
 
-    def config(self) -> RoundConfig:
+    def config(self, security: SecurityParams | None = None) -> EpochConfig:
+        """The epoch as a node with ``security`` builds it (``None``: as the coordinator does,
+        with :data:`COORDINATOR_VIEW`). ``round_no`` is the epoch's first round."""
+        view = COORDINATOR_VIEW if security is None else security
         nodes = tuple(sorted(self.participants))
-        graph = (
-            sparse_graph(nodes, seed=bytes.fromhex(self.graph_seed), dropout=self.max_dropout)
-            if self.graph_seed
-            else complete_graph(nodes)
-        )
-        return RoundConfig(
+        try:
+            seed = bytes.fromhex(self.graph_seed) if self.graph_seed else None
+            graph = view.graph(
+                nodes,
+                threshold=self.threshold,
+                seed=seed,
+                proposed_degree=self.degree,
+                dropout=self.max_dropout,
+            )
+        except ValueError:
+            raise InvalidRequest("the round set-up from the coordinator has an unusable graph") from None
+        return EpochConfig(
             job_id=self.job_id,
-            round_no=self.round_no,
+            epoch=self.epoch,
+            first_round=self.round_no,
             participants=nodes,
             threshold=self.threshold,
             bits=self.bits,
@@ -77,6 +98,8 @@ class RoundSetup:
             "certificates": [list(pair) for pair in self.certificates],
             "graph_seed": self.graph_seed,
             "max_dropout": self.max_dropout,
+            "epoch": self.epoch,
+            "degree": self.degree,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -96,6 +119,8 @@ class RoundSetup:
                 certificates=tuple((str(n), str(pem)) for n, pem in doc["certificates"]),
                 graph_seed=str(doc["graph_seed"]),
                 max_dropout=float(doc["max_dropout"]),
+                epoch=int(doc.get("epoch", 0)),
+                degree=int(doc.get("degree", 0)),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidRequest("the round set-up from the coordinator is malformed") from None

@@ -36,6 +36,7 @@ _STAGE_TO_PB = {
     Stage.ADVERTISE_KEYS: pb.STAGE_ADVERTISE_KEYS,
     Stage.SHARE_KEYS: pb.STAGE_SHARE_KEYS,
     Stage.MASKED_INPUT: pb.STAGE_MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK: pb.STAGE_CONSISTENCY_CHECK,
     Stage.UNMASK: pb.STAGE_UNMASK,
     Stage.PSI: pb.STAGE_PSI,
     Stage.ABORT: pb.STAGE_ABORT,
@@ -161,6 +162,7 @@ def policy_summary_to_pb(summary: PolicySummary) -> pb.PolicySummary:
         min_participants=summary.min_participants,
         allowed_partners=list(summary.allowed_partners),
         retention_days=summary.retention_days,
+        collusion_tolerance=summary.collusion_tolerance,
     )
 
 
@@ -178,6 +180,7 @@ def policy_summary_from_pb(msg: pb.PolicySummary) -> PolicySummary:
         min_participants=msg.min_participants,
         allowed_partners=tuple(msg.allowed_partners),
         retention_days=msg.retention_days,
+        collusion_tolerance=msg.collusion_tolerance,
     )
 
 

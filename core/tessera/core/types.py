@@ -31,6 +31,7 @@ class Stage(enum.StrEnum):
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASK = "unmask"
     PSI = "psi"
     ABORT = "abort"
@@ -88,6 +89,7 @@ class PolicySummary:
     min_participants: int = 3
     allowed_partners: tuple[str, ...] = ()
     retention_days: int = 0
+    collusion_tolerance: int = 0  # nodes that may collude with the coordinator (0 when not published)
 
 
 @dataclass(frozen=True, slots=True)

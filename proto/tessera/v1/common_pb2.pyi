@@ -64,10 +64,13 @@ class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType
     STAGE_PSI: _Stage.ValueType  # 6
     STAGE_ABORT: _Stage.ValueType  # 7
     """the round ended without a release: drop its state, free the budget"""
+    STAGE_CONSISTENCY_CHECK: _Stage.ValueType  # 8
+    """survivors sign the survivor set before any share is revealed"""
 
 class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
     """The stage of a round a task or message belongs to. Secure-aggregation stages follow
-    Bonawitz et al. 2017: advertise keys, share keys, masked input, unmask.
+    Bonawitz et al. 2017: advertise keys, share keys, masked input, consistency check, unmask
+    (values are only ever appended, so the wire order is not the protocol order).
     """
 
 STAGE_UNSPECIFIED: Stage.ValueType  # 0
@@ -80,6 +83,8 @@ STAGE_UNMASK: Stage.ValueType  # 5
 STAGE_PSI: Stage.ValueType  # 6
 STAGE_ABORT: Stage.ValueType  # 7
 """the round ended without a release: drop its state, free the budget"""
+STAGE_CONSISTENCY_CHECK: Stage.ValueType  # 8
+"""survivors sign the survivor set before any share is revealed"""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
 class _Tier:
@@ -285,6 +290,7 @@ class PolicySummary(_message.Message):
     MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
     ALLOWED_PARTNERS_FIELD_NUMBER: _builtins.int
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    COLLUSION_TOLERANCE_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     policy_hash: _builtins.str
     """SHA-256 of the canonical policy document"""
@@ -296,6 +302,8 @@ class PolicySummary(_message.Message):
     min_cohort_size: _builtins.int
     min_participants: _builtins.int
     retention_days: _builtins.int
+    collusion_tolerance: _builtins.int
+    """nodes the policy assumes may collude with the coordinator"""
     @_builtins.property
     def allowed_analyses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -317,10 +325,11 @@ class PolicySummary(_message.Message):
         min_participants: _builtins.int = ...,
         allowed_partners: _abc.Iterable[_builtins.str] | None = ...,
         retention_days: _builtins.int = ...,
+        collusion_tolerance: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_analyses", b"allowed_analyses", "allowed_partners", b"allowed_partners", "allowed_purposes", b"allowed_purposes", "delta", b"delta", "epsilon_per_job", b"epsilon_per_job", "epsilon_per_period", b"epsilon_per_period", "min_cohort_size", b"min_cohort_size", "min_participants", b"min_participants", "period", b"period", "policy_hash", b"policy_hash", "policy_id", b"policy_id", "retention_days", b"retention_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_analyses", b"allowed_analyses", "allowed_partners", b"allowed_partners", "allowed_purposes", b"allowed_purposes", "collusion_tolerance", b"collusion_tolerance", "delta", b"delta", "epsilon_per_job", b"epsilon_per_job", "epsilon_per_period", b"epsilon_per_period", "min_cohort_size", b"min_cohort_size", "min_participants", b"min_participants", "period", b"period", "policy_hash", b"policy_hash", "policy_id", b"policy_id", "retention_days", b"retention_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

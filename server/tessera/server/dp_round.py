@@ -17,13 +17,20 @@ from tessera.core.analyses.vector import VectorPlan, decode
 from tessera.core.errors import InvalidRequest
 from tessera.core.rounds import RoundSetup
 from tessera.core.secagg import SecAggServer, codec
-from tessera.core.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
+from tessera.core.secagg.messages import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    MaskedInput,
+    ShareKeys,
+    UnmaskResponse,
+)
 from tessera.core.types import Stage
 
 _NEXT = {
     Stage.ADVERTISE_KEYS: Stage.SHARE_KEYS,
     Stage.SHARE_KEYS: Stage.MASKED_INPUT,
-    Stage.MASKED_INPUT: Stage.UNMASK,
+    Stage.MASKED_INPUT: Stage.CONSISTENCY_CHECK,
+    Stage.CONSISTENCY_CHECK: Stage.UNMASK,
 }
 
 
@@ -62,6 +69,8 @@ class DpRound:
             self.server.receive_shares(message, peer=node_id)
         elif stage is Stage.MASKED_INPUT and isinstance(message, MaskedInput):
             self.server.receive_masked_input(message, peer=node_id)
+        elif stage is Stage.CONSISTENCY_CHECK and isinstance(message, ConsistencySignature):
+            self.server.receive_consistency(message, peer=node_id)
         elif stage is Stage.UNMASK and isinstance(message, UnmaskResponse):
             self.server.receive_unmask(message, peer=node_id)
         else:
@@ -76,11 +85,15 @@ class DpRound:
         elif self.stage is Stage.SHARE_KEYS:
             inputs = {node: codec.encode(fwd) for node, fwd in self.server.close_shares().items()}
         elif self.stage is Stage.MASKED_INPUT:
-            request = self.server.close_masked_inputs()
+            check = self.server.close_masked_inputs()
+            encoded = codec.encode(check)
+            inputs = {node: encoded for node in check.survivors}
+        elif self.stage is Stage.CONSISTENCY_CHECK:
+            request = self.server.close_consistency(next_round=False)  # one-round jobs for now
             encoded = codec.encode(request)
-            inputs = {node: encoded for node in request.survivors}
+            inputs = {node: encoded for node in self.server.signers}
         else:
-            outcome = self.server.finish()
+            outcome = self.server.finish().result
             total = decode(outcome.total, bits=self.setup.bits)
             result = self.analysis.release(
                 self.plan, total, summands=len(outcome.survivors), min_cohort_size=self.min_cohort_size

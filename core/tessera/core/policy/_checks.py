@@ -139,6 +139,18 @@ def _check_counts(doc: PolicyDoc, out: _Collector) -> None:
             f'"min_participants" must be at least 3 (got {doc.min_participants}): with two partners, '
             "each could work out the other's numbers from the total.",
         )
+    if doc.collusion_tolerance < 0:
+        out.error(
+            ("collusion_tolerance",),
+            f'"collusion_tolerance" cannot be negative (got {doc.collusion_tolerance}).',
+        )
+    elif ABSOLUTE_MIN_PARTICIPANTS <= doc.min_participants <= doc.collusion_tolerance:
+        out.error(
+            ("collusion_tolerance",),
+            f'"collusion_tolerance" is {doc.collusion_tolerance} but "min_participants" is '
+            f"{doc.min_participants}: the colluding nodes could make up a whole quorum, so no round "
+            "could ever be safe; lower it or raise min_participants.",
+        )
     if doc.retention_days < 0:
         out.error(("retention_days",), f'"retention_days" cannot be negative (got {doc.retention_days}).')
 

@@ -81,6 +81,8 @@ class PolicyDoc(_Strict):
     min_participants: int
     allowed_partners: list[str]
     retention_days: int
+    # Nodes this partner assumes may collude with the coordinator (secure aggregation, DESIGN §1).
+    collusion_tolerance: int = 1
 
 
 def model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:

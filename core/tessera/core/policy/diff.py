@@ -186,6 +186,13 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
         higher_is_looser=False,
     )
     out.number(
+        "collusion_tolerance",
+        "collusion_tolerance",
+        old.collusion_tolerance,
+        new.collusion_tolerance,
+        higher_is_looser=False,
+    )
+    out.number(
         "retention_days", "retention_days", old.retention_days, new.retention_days, higher_is_looser=True
     )
     out.words("allowed_analyses", "analysis", old.allowed_analyses, new.allowed_analyses)

@@ -75,6 +75,7 @@ def _build(doc: PolicyDoc, source: str) -> Policy:
         min_participants=doc.min_participants,
         allowed_partners=tuple(sorted(set(doc.allowed_partners))),
         retention_days=doc.retention_days,
+        collusion_tolerance=doc.collusion_tolerance,
         source=source,
     )
 

@@ -76,6 +76,9 @@ class Policy:
     min_participants: int
     allowed_partners: tuple[str, ...]
     retention_days: int
+    # How many other nodes may collude with the coordinator without breaking secure aggregation;
+    # the node refuses rounds whose threshold or masking graph cannot bear it (secagg.security).
+    collusion_tolerance: int = 1
     description: str = ""
     version: int = 1
     source: str = field(default="", compare=False)
@@ -104,6 +107,7 @@ class Policy:
             "min_participants": self.min_participants,
             "allowed_partners": sorted(set(self.allowed_partners)),
             "retention_days": self.retention_days,
+            "collusion_tolerance": self.collusion_tolerance,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -157,6 +161,7 @@ class Policy:
             min_participants=self.min_participants,
             allowed_partners=self.allowed_partners,
             retention_days=self.retention_days,
+            collusion_tolerance=self.collusion_tolerance,
         )
 
     def _file(self) -> str:

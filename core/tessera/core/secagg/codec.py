@@ -1,6 +1,6 @@
 """Compact binary codec for the secure-aggregation messages (``struct``, big-endian framing).
 
-Frame: ``version u8 | kind u8 | stage u8 | job_id str | round u32 | body``, where ``str`` is
+Frame: ``version u8 | kind u8 | stage u8 | job_id str | epoch u32 | round u32 | body``, where ``str`` is
 ``u16 length + UTF-8``, ``blob`` is ``u32 length + bytes`` and lists are ``u32 count + items``.
 Vectors are ``word bytes u8 (4 or 8) | count u32 | little-endian words``. Decoding is strict:
 unknown version or kind, a stage that does not belong to the kind, overlong fields and trailing
@@ -18,7 +18,7 @@ from tessera.core.secagg import messages as m
 from tessera.core.secagg.keys import SignedKeys
 from tessera.core.types import Stage
 
-VERSION = 1
+VERSION = 2
 _MAX_TEXT = 1024
 _MAX_ITEMS = 1 << 20
 _KINDS: dict[type, tuple[int, Stage]] = {
@@ -29,6 +29,8 @@ _KINDS: dict[type, tuple[int, Stage]] = {
     m.MaskedInput: (5, Stage.MASKED_INPUT),
     m.UnmaskRequest: (6, Stage.UNMASK),
     m.UnmaskResponse: (7, Stage.UNMASK),
+    m.ConsistencyRequest: (8, Stage.CONSISTENCY_CHECK),
+    m.ConsistencySignature: (9, Stage.CONSISTENCY_CHECK),
 }
 _STAGE_CODES = {stage: i + 1 for i, stage in enumerate(m.PROTOCOL_STAGES)}
 
@@ -73,7 +75,7 @@ def encode(message: m.Message) -> bytes:
     if message.binding.stage != stage:
         raise InvalidRequest("a secure-aggregation message carries the wrong stage for its kind")
     head = struct.pack(">BBB", VERSION, kind, _STAGE_CODES[stage]) + _text(message.binding.job_id)
-    head += struct.pack(">I", message.binding.round_no)
+    head += struct.pack(">II", message.binding.epoch, message.binding.round_no)
     match message:
         case m.AdvertiseKeys(keys=keys):
             body = _signed(keys)
@@ -81,14 +83,18 @@ def encode(message: m.Message) -> bytes:
             body = struct.pack(">I", len(ads)) + b"".join(_signed(a) for a in ads)
         case m.ShareKeys(node_id=node, ciphertexts=cts):
             body = _text(node) + _pairs(cts)
-        case m.ForwardedShares(node_id=node, shared=shared, ciphertexts=cts):
-            body = _text(node) + _texts(shared) + _pairs(cts)
+        case m.ForwardedShares(node_id=node, active=active, ciphertexts=cts):
+            body = _text(node) + _texts(active) + _pairs(cts)
         case m.MaskedInput(node_id=node, vector=vector):
             body = _text(node) + _vector(vector)
-        case m.UnmaskRequest(survivors=survivors):
+        case m.ConsistencyRequest(survivors=survivors):
             body = _texts(survivors)
-        case m.UnmaskResponse(node_id=node, seed_shares=seeds, key_shares=keys_):
-            body = _text(node) + _pairs(seeds) + _pairs(keys_)
+        case m.ConsistencySignature(node_id=node, signature=signature):
+            body = _text(node) + _blob(signature)
+        case m.UnmaskRequest(survivors=survivors, signatures=signatures, next_round=next_round):
+            body = _texts(survivors) + _pairs(signatures) + struct.pack(">B", next_round)
+        case m.UnmaskResponse(node_id=node, seed_shares=seeds, key_shares=keys_, next_shares=nxt):
+            body = _text(node) + _pairs(seeds) + _pairs(keys_) + _pairs(nxt)
     return head + body
 
 
@@ -157,8 +163,8 @@ def decode(data: bytes) -> m.Message:
         raise MalformedMessage("a secure-aggregation message has an unknown kind or stage")
     cls, stage = by_kind[kind]
     job_id = r.text()
-    (round_no,) = r.unpack(">I")
-    binding = m.Binding(job_id, round_no, stage)
+    epoch, round_no = r.unpack(">II")
+    binding = m.Binding(job_id, epoch, round_no, stage)
     try:
         message: m.Message
         if cls is m.AdvertiseKeys:
@@ -171,10 +177,18 @@ def decode(data: bytes) -> m.Message:
             message = m.ForwardedShares(binding, r.text(), r.texts(), r.pairs())
         elif cls is m.MaskedInput:
             message = m.MaskedInput(binding, r.text(), r.vector())
+        elif cls is m.ConsistencyRequest:
+            message = m.ConsistencyRequest(binding, r.texts())
+        elif cls is m.ConsistencySignature:
+            message = m.ConsistencySignature(binding, r.text(), r.blob())
         elif cls is m.UnmaskRequest:
-            message = m.UnmaskRequest(binding, r.texts())
+            survivors, signatures = r.texts(), r.pairs()
+            (flag,) = r.unpack(">B")
+            if flag not in (0, 1):
+                raise MalformedMessage("a secure-aggregation message has a bad flag")
+            message = m.UnmaskRequest(binding, survivors, signatures, bool(flag))
         else:
-            message = m.UnmaskResponse(binding, r.text(), r.pairs(), r.pairs())
+            message = m.UnmaskResponse(binding, r.text(), r.pairs(), r.pairs(), r.pairs())
     except InvalidRequest:
         raise
     except Exception:

@@ -13,7 +13,7 @@ from tessera.core.types import Stage
 
 
 def _b(stage: Stage) -> m.Binding:
-    return m.Binding("job-7", 12, stage)
+    return m.Binding("job-7", 3, 12, stage)
 
 
 KEYS = SignedKeys("bänk", b"\x01" * 32, b"\x02" * 32, b"\x30signature")
@@ -22,8 +22,12 @@ MESSAGES: list[m.Message] = [
     m.KeyRoster(_b(Stage.SHARE_KEYS), (KEYS, SignedKeys("telco", b"\x03" * 32, b"\x04" * 32, b"s"))),
     m.ShareKeys(_b(Stage.SHARE_KEYS), "bank", (("telco", b"ct1"), ("shop", b""))),
     m.ForwardedShares(_b(Stage.MASKED_INPUT), "bank", ("bank", "telco"), (("telco", b"ct"),)),
+    m.ConsistencyRequest(_b(Stage.CONSISTENCY_CHECK), ("bank", "shop", "telco")),
+    m.ConsistencySignature(_b(Stage.CONSISTENCY_CHECK), "shop", b"\x30der-signature"),
     m.UnmaskRequest(_b(Stage.UNMASK), ("bank", "shop", "telco")),
+    m.UnmaskRequest(_b(Stage.UNMASK), ("bank", "shop"), (("bank", b"sig1"), ("shop", b"sig2")), True),
     m.UnmaskResponse(_b(Stage.UNMASK), "bank", (("bank", b"s1"),), (("telco", b"k1"),)),
+    m.UnmaskResponse(_b(Stage.UNMASK), "bank", (), (), (("shop", b"next"), ("telco", b"n2"))),
 ]
 
 
@@ -45,12 +49,20 @@ def test_frame_carries_version_and_binding() -> None:
     raw = codec.encode(MESSAGES[0])
     assert raw[0] == codec.VERSION
     assert b"job-7" in raw
+    decoded = codec.decode(raw)
+    assert (decoded.binding.epoch, decoded.binding.round_no) == (3, 12)
+
+
+def test_bad_next_round_flag_is_refused() -> None:
+    raw = codec.encode(m.UnmaskRequest(_b(Stage.UNMASK), ("bank",), (), True))
+    with pytest.raises(InvalidRequest):
+        codec.decode(raw[:-1] + b"\x02")
 
 
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda raw: b"\x02" + raw[1:],  # unknown version
+        lambda raw: b"\x01" + raw[1:],  # an older version
         lambda raw: raw[:1] + b"\x63" + raw[2:],  # unknown kind
         lambda raw: raw[:2] + b"\x04" + raw[3:],  # stage that does not belong to the kind
         lambda raw: raw[:-1],  # truncated
@@ -78,4 +90,6 @@ def test_wrong_stage_for_kind_cannot_be_encoded() -> None:
     with pytest.raises(InvalidRequest):
         codec.encode(m.UnmaskRequest(_b(Stage.SHARE_KEYS), ()))
     with pytest.raises(InvalidRequest):
-        m.Binding("job", 1, Stage.PSI)
+        m.Binding("job", 0, 1, Stage.PSI)
+    with pytest.raises(InvalidRequest):
+        m.Binding("job", 2**32, 1, Stage.UNMASK)
