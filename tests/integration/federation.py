@@ -128,14 +128,16 @@ def open_policy(base: str, name: str, work: Path, **changes: object) -> Policy:
 
 
 class DroppingAgent(NodeAgent):
-    """A node that crashes (stops for good) when a task of ``drop_at`` reaches it."""
+    """A node that crashes (stops for good) when a task of ``drop_at`` reaches it, in round
+    ``drop_round`` or later."""
 
     drop_at: str = ""
+    drop_round: int = 0
 
     def _answer(self, stub: Any, task: Any) -> None:
         from tessera.core import serde
 
-        if serde.stage_from_pb(task.stage).value == self.drop_at:
+        if serde.stage_from_pb(task.stage).value == self.drop_at and task.round >= self.drop_round:
             self.stop()
             return
         super()._answer(stub, task)

@@ -166,7 +166,53 @@ def render_result(doc: dict[str, Any]) -> None:
     elif result_doc.get("cells") is not None:
         render_dp(result_doc)
     elif result_doc:
-        console.print_json(json.dumps(result_doc))
+        main = {k: v for k, v in result_doc.items() if k not in _TRAILER}
+        console.print_json(json.dumps(main))
+    if len(result_doc.get("rounds") or ()) > 1:
+        render_trace(result_doc)
+    if result_doc.get("budget"):
+        b = result_doc["budget"]
+        freed = "; the rest was freed at every node" if b["rho_used"] < b["rho_reserved"] else ""
+        console.print(
+            f"  budget: ρ {b['rho_used']:.4g} used of {b['rho_reserved']:.4g} reserved "
+            f"(ε {b['epsilon_used']:.3g} at δ {b['delta']:g}){freed}",
+            highlight=False,
+        )
+
+
+# What every DP result carries beside its numbers (see the coordinator's job service).
+_TRAILER = frozenset(
+    {
+        "rounds",
+        "round_results",
+        "budget",
+        "survivors",
+        "dropped",
+        "out_of_job",
+        "vetoes",
+        "quorum",
+        "collusion_tolerance",
+        "modulus_bits",
+        "wrap_probability_at_most",
+    }
+)
+
+
+def render_trace(doc: dict[str, Any]) -> None:
+    """One row per released round: nodes summed, drops, ρ and the driver's metric."""
+    metrics = sorted({k for r in doc["rounds"] for k in r["metric"]})
+    table = Table(title="rounds", show_edge=False, pad_edge=False)
+    for column in ("round", "nodes", "dropped", "ρ", *metrics):
+        table.add_column(column, justify="right")
+    for r in doc["rounds"]:
+        table.add_row(
+            str(r["round"]),
+            str(len(r["survivors"])),
+            ", ".join(r["dropped"]) or "-",
+            f"{r['rho']:.3g}",
+            *(f"{r['metric'].get(k, float('nan')):.6g}" for k in metrics),
+        )
+    console.print(table)
 
 
 def _estimate(value: Any) -> str:

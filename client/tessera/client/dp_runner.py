@@ -1,17 +1,22 @@
-"""The node's half of a DP round: policy and budget first, then secure aggregation of its share.
+"""The node's half of a DP job: policy and budget first, then one private sum per round.
 
-ADVERTISE_KEYS: check the job against the policy, plan the vector, verify every participant's
-certificate against the consortium CA, reserve the budget — all before any data is read — and
-advertise this round's signed keys. SHARE_KEYS: share the mask secrets. MASKED_INPUT: read the
-data, compute the clipped, quantised vector, add this node's noise share, mask it; the message is
-charged to the budget in the same transaction as its egress record. CONSISTENCY_CHECK: sign the
-survivor set. UNMASK: release the shares once enough survivors signed the same set.
-A refusal at any stage is a veto; a reservation that will not be spent is released.
+A job is a program of rounds (``core.analyses.program``) run inside secure-aggregation key
+epochs. ADVERTISE_KEYS opens an epoch: check the job against the policy, check the security
+parameters the coordinator proposes against the node's own, plan the round, verify every
+participant's certificate, reserve the budget of the WHOLE job (all rounds; idempotent, so a new
+epoch of a job it already joined reuses the reservation) — all before any data is read — and
+advertise the epoch's signed keys. SHARE_KEYS shares the key secrets and the first self-mask.
+Each round then runs MASKED_INPUT (read the data, compute the round's clipped vector from the
+public input, add this node's noise share, mask it; the message is charged that round's ρ in the
+same transaction as its egress record), CONSISTENCY_CHECK (sign the survivor set) and UNMASK
+(reveal shares once at least the quorum signed the same set; hand over the next round's
+self-mask shares). A job that ends frees what no round spent. A refusal at any stage is a veto.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,21 +30,23 @@ from tessera.client.budget import BudgetLedger, Reservation
 from tessera.client.datasource import DataSource, read_for_plan
 from tessera.client.egress import EgressRecord
 from tessera.client.outgoing import Outgoing
-from tessera.core.analyses.registry import VectorAnalysis, get_vector_analysis
-from tessera.core.analyses.vector import VectorPlan, add_noise, encode
+from tessera.core.analyses.contribution import customers_in
+from tessera.core.analyses.program import Program, check_public
+from tessera.core.analyses.registry import get_program
+from tessera.core.analyses.vector import VectorPlan, add_noise, bits_for, encode
 from tessera.core.dp import secure_generator
-from tessera.core.errors import Conflict, CryptoError, InvalidRequest, PkiError
+from tessera.core.errors import Conflict, CryptoError, InvalidRequest, PkiError, PolicyViolation
 from tessera.core.pki import TlsFiles, load_revoked_serials
 from tessera.core.pki.verify import verify_certificate
 from tessera.core.policy import Policy, check_job
 from tessera.core.rounds import RoundSetup, analysis_spec
-from tessera.core.secagg import SecAggClient, SecurityParams, codec
+from tessera.core.secagg import EpochSessions, SecAggClient, SecurityParams, codec
 from tessera.core.secagg.messages import ConsistencyRequest, ForwardedShares, KeyRoster, UnmaskRequest
 from tessera.core.types import JobSpec, Stage
 from tessera.v1 import node_pb2
 
 log = logging.getLogger("tessera.node.dp")
-ROUND_TTL_S = 3600.0  # forget a round that never finished after this long
+JOB_TTL_S = 3600.0  # forget a job that has been idle this long (its reservation then expires)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +66,17 @@ class NodeIdentity:
 
 
 @dataclass
-class _Round:
-    setup: RoundSetup
+class _Job:
+    """What the node holds for one DP job: its reservation and the current key epoch."""
+
     spec: JobSpec
-    analysis: VectorAnalysis
-    plan: VectorPlan
-    client: SecAggClient
+    program: Program
     reservation: Reservation
-    started: float = field(default_factory=time.monotonic)
+    setup: RoundSetup
+    client: SecAggClient
+    n_nodes: int
+    plan: VectorPlan | None = None
+    touched: float = field(default_factory=time.monotonic)
 
 
 class DpRunner:
@@ -78,14 +88,16 @@ class DpRunner:
         self.data = data
         self.identity = identity
         self.budget = budget
-        self._rounds: dict[str, _Round] = {}
+        self.security = SecurityParams.from_policy(policy)
+        self._jobs: dict[str, _Job] = {}
+        self._epochs = EpochSessions()  # destroys a job's older epoch before a newer one starts
 
     def forget(self, job_id: str) -> None:
-        """Drop a round's state and give back its unspent reservation (after a veto or failure)."""
-        state = self._rounds.pop(job_id, None)
+        """Drop a job's keys and give back the budget no round spent (job ended, vetoed or failed)."""
+        state = self._jobs.pop(job_id, None)
+        self._epochs.end(job_id)
         if state is not None:
-            state.client.destroy()
-            # A reservation already spent (the masked input left) stays spent: it was paid for.
+            # What a round spent stays spent: it was paid for when its masked input left.
             with contextlib.suppress(Conflict):
                 self.budget.release(state.reservation)
 
@@ -94,21 +106,9 @@ class DpRunner:
             return self._advertise(task, spec)
         if stage is Stage.ABORT:
             self.forget(task.job_id)
+            self._release_unknown(task.job_id)
             return Outgoing(
-                record=EgressRecord(
-                    job_id=task.job_id,
-                    round=task.round,
-                    stage=stage.value,
-                    purpose=spec.purpose or "unspecified",
-                    analysis=spec.analysis,
-                    fields=(),
-                    shape=(),
-                    noise={},
-                    rho=0.0,
-                    epsilon=0.0,
-                    delta=0.0,
-                    policy_hash=self.policy.policy_hash,
-                ),
+                record=self._record(task, spec, stage, plan=None, charged=False),
                 message=node_pb2.RoundMessage(
                     task_id=task.task_id,
                     job_id=task.job_id,
@@ -117,9 +117,10 @@ class DpRunner:
                     secagg=node_pb2.OpaqueStage(data=b"", codec="abort/ack"),
                 ),
             )
-        state = self._rounds.get(task.job_id)
-        if state is None or state.setup.round_no != task.round:
+        state = self._jobs.get(task.job_id)
+        if state is None:
             raise InvalidRequest(f"this node holds no open round for stage {stage.value} of this job")
+        state.touched = time.monotonic()
         if stage is Stage.SHARE_KEYS:
             roster = codec.decode(task.stage_input)
             if not isinstance(roster, KeyRoster):
@@ -128,18 +129,25 @@ class DpRunner:
         if stage is Stage.MASKED_INPUT:
             return self._masked_input(task, state)
         if stage is Stage.CONSISTENCY_CHECK:
-            check = codec.decode(task.stage_input)
-            if not isinstance(check, ConsistencyRequest):
-                raise InvalidRequest("the consistency-check stage input is not a consistency request")
-            return self._send(task, state, stage, codec.encode(state.client.consistency(check)))
+            request = codec.decode(task.stage_input)
+            if not isinstance(request, ConsistencyRequest):
+                raise InvalidRequest("the consistency-check stage input is not a survivor list")
+            return self._send(task, state, stage, codec.encode(state.client.consistency(request)))
         if stage is Stage.UNMASK:
             request = codec.decode(task.stage_input)
             if not isinstance(request, UnmaskRequest):
                 raise InvalidRequest("the unmask stage input is not an unmask request")
             out = self._send(task, state, stage, codec.encode(state.client.unmask(request)))
-            del self._rounds[task.job_id]
+            if not request.next_round:
+                self.forget(task.job_id)  # the last round of the job: nothing more to keep
             return out
         raise InvalidRequest(f"this node does not take part in stage {stage.value}")
+
+    def _release_unknown(self, job_id: str) -> None:
+        """A restarted node may hold a reservation of a job it no longer has keys for: free it."""
+        for reservation in self.budget.history(job_id=job_id):
+            with contextlib.suppress(Conflict, InvalidRequest):
+                self.budget.release(reservation)
 
     def _advertise(self, task: node_pb2.Task, spec: JobSpec) -> Outgoing:
         self._prune()
@@ -149,100 +157,147 @@ class DpRunner:
             task.round,
         ) or self.node_id not in setup.participants:
             raise InvalidRequest("the round set-up does not match this node's task")
-        check_job(self.policy, spec, node_name=self.node_id, participants=setup.participants)
-        analysis = get_vector_analysis(spec.analysis)
+        if setup.max_customers < 1:
+            raise InvalidRequest("the round set-up declares no per-node population to size its sums for")
+        job_nodes = tuple(task.participants) or setup.participants
+        check_job(self.policy, spec, node_name=self.node_id, participants=job_nodes)
+        program = get_program(spec.analysis)
+        # The node's own security parameters decide; the coordinator only proposes (fail closed).
+        config = setup.config(self.security)
+        plan = self._plan(program, spec, setup, task.round, task.round_input, n_nodes=len(job_nodes))
+        peer_keys = self._verified_peer_keys(setup)
+        previous = self._jobs.get(task.job_id)
+        # Budget last among the checks: a reservation is the only one that changes state. It is
+        # the whole job's, idempotent per job, so a new epoch reuses what the job reserved.
+        reservation = (
+            previous.reservation
+            if previous is not None
+            else self.budget.reserve(
+                job_id=task.job_id,
+                dataset=spec.dataset,
+                epsilon=spec.epsilon,
+                delta=spec.delta,
+                rounds=program.max_rounds(analysis_spec(spec)),
+            )
+        )
+        try:
+            client = SecAggClient(
+                config,
+                node_id=self.node_id,
+                signing_key=self.identity.signing_key,
+                peer_keys=peer_keys,
+                security=self.security,
+            )
+            # Any older epoch of this job is destroyed before the new one exists (and an epoch
+            # number not newer than one joined is refused): nothing of it can be unmasked
+            # afterwards, which is why a re-run round is charged only once.
+            self._epochs.start(client)
+            state = _Job(spec, program, reservation, setup, client, n_nodes=len(job_nodes), plan=plan)
+            self._jobs[task.job_id] = state
+            return self._send(task, state, Stage.ADVERTISE_KEYS, codec.encode(client.advertise()))
+        except Exception:
+            self.forget(task.job_id)
+            if previous is None:
+                with contextlib.suppress(Conflict):
+                    self.budget.release(reservation)
+            raise
+
+    def _plan(
+        self,
+        program: Program,
+        spec: JobSpec,
+        setup: RoundSetup,
+        round_no: int,
+        round_input: bytes,
+        *,
+        n_nodes: int,
+    ) -> VectorPlan:
+        """The round's plan from the spec and the public input only; checked against the set-up."""
+        try:
+            public = check_public(json.loads(round_input or b"{}"))
+        except ValueError:
+            raise InvalidRequest("the round's public input is not JSON") from None
         schema = next((d for d in self.data.schemas() if d.name == spec.dataset), None)
         if schema is None:
             self.policy.dataset(spec.dataset)  # vetoes an unclassified dataset by name
             raise InvalidRequest(f"this node serves no dataset {spec.dataset!r}")
-        plan = analysis.plan(
+        if setup.collusion < self.policy.collusion_tolerance:
+            raise PolicyViolation(
+                f"the job sizes its noise for {setup.collusion} colluding node(s); this node's policy "
+                f"requires a margin of {self.policy.collusion_tolerance}",
+                code="policy.collusion_margin",
+            )
+        plan = program.plan(
             analysis_spec(spec),
             {f.name: f for f in schema.fields},
-            survivors_t=setup.threshold,
-            n_nodes=len(setup.participants),
+            survivors_t=setup.threshold - setup.collusion,
+            n_nodes=n_nodes,
+            round_no=round_no,
+            public=public,
         )
         if plan.length != setup.length:
             raise InvalidRequest("the coordinator's vector length differs from this node's plan")
-        peer_keys = self._verified_peer_keys(setup)
-        self.forget(task.job_id)  # an older epoch of this job is destroyed before a new one starts
-        # Budget last among the checks: a reservation is the only one that changes state.
-        reservation = self.budget.reserve(
-            job_id=task.job_id, dataset=spec.dataset, epsilon=spec.epsilon, delta=spec.delta
-        )
-        try:
-            # The node's own security parameters: it builds the graph and checks the threshold itself.
-            security = SecurityParams.from_policy(self.policy)
-            client = SecAggClient(
-                setup.config(security),
-                node_id=self.node_id,
-                signing_key=self.identity.signing_key,
-                peer_keys=peer_keys,
-                security=security,
-            )
-            state = _Round(setup, spec, analysis, plan, client, reservation)
-            self._rounds[task.job_id] = state
-            return self._send(task, state, Stage.ADVERTISE_KEYS, codec.encode(client.advertise()))
-        except Exception:
-            self._rounds.pop(task.job_id, None)
-            self.budget.release(reservation)
-            raise
+        if setup.bits < bits_for(plan, max_customers=setup.max_customers):
+            raise InvalidRequest("the coordinator's modulus is too narrow for the job's declared population")
+        return plan
 
-    def _masked_input(self, task: node_pb2.Task, state: _Round) -> Outgoing:
+    def _masked_input(self, task: node_pb2.Task, state: _Job) -> Outgoing:
         forwarded = codec.decode(task.stage_input)
         if not isinstance(forwarded, ForwardedShares):
             raise InvalidRequest("the masked-input stage input is not a set of forwarded shares")
-        plan, config = state.plan, state.client.config
-        columns = read_for_plan(self.data, state.spec.dataset, plan.fields)
-        rng = secure_generator()
-        noisy = add_noise(plan, state.analysis.local_vector(plan, columns, rng=rng), rng=rng)
-        vector = encode(noisy, bits=config.bits).astype(config.dtype)
-        masked = state.client.masked_input(forwarded, vector, task.round)
-        noise: dict[str, float | int | str] = {f"sigma_{p.name}": float(p.sigma) for p in plan.parts}
-        noise["mechanism"] = "distributed_discrete_gaussian"
-        noise["survivors_t"] = config.threshold
-        noise["bits"] = config.bits
-        return self._send(
-            task,
-            state,
-            Stage.MASKED_INPUT,
-            codec.encode(masked),
-            charged=True,
-            shape=(plan.length,),
-            noise=noise,
+        plan = self._plan(
+            state.program, state.spec, state.setup, task.round, task.round_input, n_nodes=state.n_nodes
         )
+        state.plan = plan
+        config = state.client.config
+        columns = read_for_plan(self.data, state.spec.dataset, plan.fields)
+        population = customers_in(plan, columns)
+        if population > state.setup.max_customers:
+            # The modulus was sized for the declared population: more customers could wrap the sum.
+            raise PolicyViolation(
+                f"this node holds more customers than the job declares (max_customers "
+                f"{state.setup.max_customers}); the sum could wrap, so nothing was sent",
+                code="node.population_too_large",
+            )
+        rng = secure_generator()
+        noisy = add_noise(plan, state.program.local_vector(plan, columns, rng=rng), rng=rng)
+        vector = encode(noisy, bits=config.bits).astype(config.dtype)
+        masked = state.client.masked_input(forwarded, vector, round_no=task.round)
+        return self._send(task, state, Stage.MASKED_INPUT, codec.encode(masked), charged=True)
 
-    def _send(
-        self,
-        task: node_pb2.Task,
-        state: _Round,
-        stage: Stage,
-        data: bytes,
-        *,
-        charged: bool = False,
-        shape: tuple[int, ...] = (),
-        noise: dict[str, float | int | str] | None = None,
-    ) -> Outgoing:
-        spec = state.spec
-        record = EgressRecord(
+    def _record(
+        self, task: node_pb2.Task, spec: JobSpec, stage: Stage, *, plan: VectorPlan | None, charged: bool
+    ) -> EgressRecord:
+        noise: dict[str, float | int | str] = {}
+        if charged and plan is not None:
+            noise = {f"sigma_{p.name}": float(p.sigma) for p in plan.parts}
+            noise["mechanism"] = "distributed_discrete_gaussian"
+            noise["survivors_t"] = plan.survivors_t
+        return EgressRecord(
             job_id=task.job_id,
             round=task.round,
             stage=stage.value,
             purpose=spec.purpose or "unspecified",
             analysis=spec.analysis,
-            fields=state.plan.fields if charged else (),
-            shape=shape,
-            noise=noise or {},
-            rho=state.plan.rho if charged else 0.0,
+            fields=plan.fields if charged and plan is not None else (),
+            shape=(plan.length,) if charged and plan is not None else (),
+            noise=noise,
+            rho=plan.rho if charged and plan is not None else 0.0,
             epsilon=spec.epsilon if charged else 0.0,
             delta=spec.delta if charged else 0.0,
             policy_hash=self.policy.policy_hash,
         )
+
+    def _send(
+        self, task: node_pb2.Task, state: _Job, stage: Stage, data: bytes, *, charged: bool = False
+    ) -> Outgoing:
+        record = self._record(task, state.spec, stage, plan=state.plan, charged=charged)
         message = node_pb2.RoundMessage(
             task_id=task.task_id,
             job_id=task.job_id,
             round=task.round,
             stage=task.stage,
-            secagg=node_pb2.OpaqueStage(data=data, codec=f"secagg/v1/{stage.value}"),
+            secagg=node_pb2.OpaqueStage(data=data, codec=f"secagg/v2/{stage.value}"),
         )
         return Outgoing(record=record, message=message, reservation=state.reservation if charged else None)
 
@@ -268,5 +323,5 @@ class DpRunner:
 
     def _prune(self) -> None:
         now = time.monotonic()
-        for job_id in [j for j, r in self._rounds.items() if now - r.started > ROUND_TTL_S]:
+        for job_id in [j for j, r in self._jobs.items() if now - r.touched > JOB_TTL_S]:
             self.forget(job_id)

@@ -46,7 +46,16 @@ class NodeLedgers:
         """Record (and charge) ``out``, then ``send`` its exact bytes; nothing is sent if recording fails."""
         payload = out.payload
         if out.reservation is not None:
-            return self.budget.commit_and_send(out.reservation, self.egress, out.record, payload, send)
+            # A round's release: its ρ is charged to the job's reservation with its egress entry.
+            return self.budget.charge_and_send(
+                out.reservation,
+                self.egress,
+                out.record,
+                payload,
+                send,
+                round_no=out.record.round,
+                rho=out.record.rho,
+            )
         return send_through_ledger(self.egress, out.record, payload, send)
 
 

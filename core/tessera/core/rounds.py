@@ -58,6 +58,10 @@ class RoundSetup:
     max_dropout: float = 0.1  # a proposal: it can raise a node's degree, never lower it
     epoch: int = 0
     degree: int = 0  # proposed sparse-graph degree; 0 = each party derives its own minimum
+    # Noise shares are sized so any threshold - collusion honest shares carry the full noise.
+    collusion: int = 0
+    # The per-node population the modulus was sized for; a node holding more vetoes (never wraps).
+    max_customers: int = 0
 
     def config(self, security: SecurityParams | None = None) -> EpochConfig:
         """The epoch as a node with ``security`` builds it (``None``: as the coordinator does,
@@ -100,6 +104,8 @@ class RoundSetup:
             "max_dropout": self.max_dropout,
             "epoch": self.epoch,
             "degree": self.degree,
+            "collusion": self.collusion,
+            "max_customers": self.max_customers,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -121,6 +127,8 @@ class RoundSetup:
                 max_dropout=float(doc["max_dropout"]),
                 epoch=int(doc.get("epoch", 0)),
                 degree=int(doc.get("degree", 0)),
+                collusion=int(doc.get("collusion", 0)),
+                max_customers=int(doc.get("max_customers", 0)),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidRequest("the round set-up from the coordinator is malformed") from None

@@ -190,19 +190,22 @@ class Task(_message.Message):
     STAGE_INPUT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    ROUND_INPUT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     round: _builtins.int
     stage: _common_pb2.Stage.ValueType
     stage_input: _builtins.bytes
     """opaque stage input (e.g. peers' signed keys); may be MBs"""
+    round_input: _builtins.bytes
+    """the round's public input (JSON; e.g. the previous round's"""
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """node ids taking part in this round"""
+        """node ids taking part in the job"""
 
     def __init__(
         self,
@@ -215,10 +218,11 @@ class Task(_message.Message):
         stage_input: _builtins.bytes = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         participants: _abc.Iterable[_builtins.str] | None = ...,
+        round_input: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "participants", b"participants", "round", b"round", "spec", b"spec", "stage", b"stage", "stage_input", b"stage_input", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "participants", b"participants", "round", b"round", "round_input", b"round_input", "spec", b"spec", "stage", b"stage", "stage_input", b"stage_input", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

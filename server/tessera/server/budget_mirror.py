@@ -49,18 +49,6 @@ class BudgetView:
         return rho_to_epsilon(rho, delta=self.delta) <= self.epsilon_limit * (1 + 1e-9)
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetBudgetView:
-    """A node's one budget looked up by one of its datasets (every dataset shows the same budget)."""
-
-    node_id: str
-    dataset: str
-    budget: BudgetView
-
-    def admits(self, *, epsilon: float, delta: float) -> bool:
-        return self.budget.admits(epsilon=epsilon, delta=delta)
-
-
 def _period_days(node: NodeRecord) -> int:
     text = node.policy.period.strip().lower()
     return int(text[:-1]) if text.endswith("d") and text[:-1].isdigit() else 30
@@ -89,15 +77,3 @@ def node_budgets(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime)
             )
         )
     return views
-
-
-def budget_views(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime) -> list[DatasetBudgetView]:
-    """The node budgets keyed by (node, each dataset it publishes), for callers that look a budget
-    up by a job's dataset; every dataset of a node maps to the node's one budget. Prefer
-    :func:`node_budgets` keyed by node id."""
-    by_node = {v.node_id: v for v in node_budgets(store, nodes, now=now)}
-    return [
-        DatasetBudgetView(node.node_id, dataset, by_node[node.node_id])
-        for node in nodes
-        for dataset in sorted(d.name for d in node.datasets)
-    ]

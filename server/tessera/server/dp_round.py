@@ -1,22 +1,28 @@
-"""One secure-aggregation round of a DP job, as the coordinator runs it.
+"""One secure-aggregation key epoch of a DP job, as the coordinator runs it.
 
-Holds the round's ``SecAggServer`` and the analysis plan in memory: the coordinator routes
-messages it cannot read and, at the end, learns only the noisy sum over the surviving nodes,
-which the analysis turns into the released table. The state is deliberately never persisted
-(it holds key material routing and partial sums), so a coordinator restart fails the job with a
-reason instead of resuming it.
+Holds the epoch's ``SecAggServer`` in memory: the coordinator routes messages it cannot read and,
+at the end of each round, learns only the noisy sum over that round's survivors. The state is
+deliberately never persisted (it holds routing of key material and partial sums): after a
+restart the job goes on in a fresh epoch (``dp_job``).
+
+Stages of an epoch's first round: advertise-keys, share-keys, masked-input, consistency-check,
+unmask; of every later round: masked-input, consistency-check, unmask (the unmask answers carry
+the next round's self-mask shares, which the next masked-input tasks forward).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from tessera.core.analyses.registry import VectorAnalysis
-from tessera.core.analyses.vector import VectorPlan, decode
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tessera.core.analyses.vector import decode
 from tessera.core.errors import InvalidRequest
 from tessera.core.rounds import RoundSetup
-from tessera.core.secagg import SecAggServer, codec
+from tessera.core.secagg import SecAggServer, SecurityParams, codec
 from tessera.core.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -26,13 +32,6 @@ from tessera.core.secagg.messages import (
 )
 from tessera.core.types import Stage
 
-_NEXT = {
-    Stage.ADVERTISE_KEYS: Stage.SHARE_KEYS,
-    Stage.SHARE_KEYS: Stage.MASKED_INPUT,
-    Stage.MASKED_INPUT: Stage.CONSISTENCY_CHECK,
-    Stage.CONSISTENCY_CHECK: Stage.UNMASK,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class NextStage:
@@ -40,26 +39,28 @@ class NextStage:
     inputs: dict[str, bytes]  # node -> its stage input
 
 
-@dataclass(frozen=True, slots=True)
-class Released:
-    result: dict[str, Any]
+@dataclass(frozen=True, slots=True, eq=False)
+class RoundSum:
+    """A round's decoded noisy sum, who was in it, and who goes on to the next round."""
+
+    total: np.ndarray
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+    continuing: tuple[str, ...]  # nodes that handed over next-round shares (empty: no next round)
+    next_inputs: dict[str, bytes]  # their MASKED_INPUT inputs for the next round
 
 
 class DpRound:
-    def __init__(
-        self, setup: RoundSetup, plan: VectorPlan, analysis: VectorAnalysis, *, min_cohort_size: int
-    ) -> None:
+    """The coordinator's side of one epoch (one or more rounds of one job)."""
+
+    def __init__(self, setup: RoundSetup, security: SecurityParams) -> None:
         self.setup = setup
-        self.plan = plan
-        self.analysis = analysis
-        self.min_cohort_size = min_cohort_size
-        self.server = SecAggServer(setup.config())
+        peer_keys = _public_keys(dict(setup.certificates))
+        self.server = SecAggServer(setup.config(security), peer_keys=peer_keys)
         self.stage = Stage.ADVERTISE_KEYS
 
     def receive(self, node_id: str, stage: Stage, data: bytes) -> None:
-        """Hand one node's stage message to the secure-aggregation server (``peer`` = mTLS name)."""
+        """Hand one node's stage message to the secure-aggregation server (``node_id`` = mTLS name)."""
         if stage is not self.stage:
             raise InvalidRequest(f"the round is in stage {self.stage.value}, not {stage.value}")
         message = codec.decode(data)
@@ -76,28 +77,52 @@ class DpRound:
         else:
             raise InvalidRequest(f"the message does not belong to stage {stage.value}")
 
-    def close_stage(self) -> NextStage | Released:
-        """End the current stage with whoever answered; raises ``RoundAborted`` below the quorum."""
+    def close_stage(self, *, more_rounds: bool) -> NextStage | RoundSum:
+        """End the open stage with whoever answered; raises ``RoundAborted`` below the quorum.
+
+        ``more_rounds``: the job may run another round after this one, so survivors hand over
+        their next self-mask shares with their unmask answers.
+        """
         if self.stage is Stage.ADVERTISE_KEYS:
             roster = self.server.close_advertisements()
             encoded = codec.encode(roster)
-            inputs = {ad.node_id: encoded for ad in roster.advertisements}
-        elif self.stage is Stage.SHARE_KEYS:
-            inputs = {node: codec.encode(fwd) for node, fwd in self.server.close_shares().items()}
-        elif self.stage is Stage.MASKED_INPUT:
-            check = self.server.close_masked_inputs()
-            encoded = codec.encode(check)
-            inputs = {node: encoded for node in check.survivors}
-        elif self.stage is Stage.CONSISTENCY_CHECK:
-            request = self.server.close_consistency(next_round=False)  # one-round jobs for now
+            return self._next(Stage.SHARE_KEYS, {ad.node_id: encoded for ad in roster.advertisements})
+        if self.stage is Stage.SHARE_KEYS:
+            forwarded = self.server.close_shares()
+            return self._next(Stage.MASKED_INPUT, {n: codec.encode(f) for n, f in forwarded.items()})
+        if self.stage is Stage.MASKED_INPUT:
+            request = self.server.close_masked_inputs()
             encoded = codec.encode(request)
-            inputs = {node: encoded for node in self.server.signers}
-        else:
-            outcome = self.server.finish().result
-            total = decode(outcome.total, bits=self.setup.bits)
-            result = self.analysis.release(
-                self.plan, total, summands=len(outcome.survivors), min_cohort_size=self.min_cohort_size
-            )
-            return Released(result=result, survivors=outcome.survivors, dropped=outcome.dropped)
-        self.stage = _NEXT[self.stage]
-        return NextStage(stage=self.stage, inputs=inputs)
+            return self._next(Stage.CONSISTENCY_CHECK, {n: encoded for n in request.survivors})
+        if self.stage is Stage.CONSISTENCY_CHECK:
+            unmask = self.server.close_consistency(next_round=more_rounds)
+            encoded = codec.encode(unmask)
+            return self._next(Stage.UNMASK, {n: encoded for n in self.server.signers})
+        outcome = self.server.finish()
+        result = outcome.result
+        self.stage = Stage.MASKED_INPUT  # the next round (if any) starts at its masked input
+        return RoundSum(
+            total=decode(result.total, bits=self.setup.bits),
+            survivors=result.survivors,
+            dropped=result.dropped,
+            continuing=tuple(sorted(outcome.forward)),
+            next_inputs={n: codec.encode(f) for n, f in outcome.forward.items()},
+        )
+
+    def _next(self, stage: Stage, inputs: dict[str, bytes]) -> NextStage:
+        self.stage = stage
+        return NextStage(stage=stage, inputs=inputs)
+
+
+def _public_keys(certificates: Mapping[str, str]) -> dict[str, ec.EllipticCurvePublicKey]:
+    """Certificate keys the coordinator checks consistency signatures with on arrival (nodes check
+    them again themselves; this only stops one faulty signature from aborting a round)."""
+    keys = {}
+    for node, pem in certificates.items():
+        try:
+            key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+        except ValueError:
+            continue
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            keys[node] = key
+    return keys

@@ -1,34 +1,37 @@
-"""The job service: plans rounds, hands tasks to nodes, collects answers, ends jobs.
+"""The job service: plans jobs, hands tasks to nodes, collects answers, ends jobs.
 
 Every state change is persisted before it is announced, so a coordinator that dies at any point
-restarts into a consistent store: ``recover`` resumes jobs whose analysis can resume and fails the
-others with a reason — a job is never silently lost.
+restarts into a consistent store: ``recover`` resumes what can resume and fails the rest with a
+reason — a job is never silently lost.
 
 Two kinds of job: a *report* job (``inventory``) asks every node for one local report; a *DP*
-job runs one secure-aggregation round (advertise keys, share keys, masked input, unmask) in which
-the coordinator learns only the noisy sum of the nodes' vectors.
+job runs its analysis' program of rounds (``dp_job.DpJob``), each round one secure-aggregation
+sum in which the coordinator learns only the noisy total of the nodes' vectors. A DP job is
+validated whole (participants, quorum, the first round's plan) before it is created, so a job
+the coordinator refuses never exists.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from tessera.core import serde
 from tessera.core.analyses import inventory
 from tessera.core.analyses.base import AnalysisInfo
-from tessera.core.analyses.registry import get_analysis, get_vector_analysis
-from tessera.core.analyses.vector import bits_for
+from tessera.core.analyses.program import rho_total
+from tessera.core.analyses.registry import get_analysis, get_program
+from tessera.core.dp import rho_to_epsilon
 from tessera.core.errors import AuthError, Conflict, InvalidRequest, NotFound, TesseraError
-from tessera.core.rounds import SPARSE_FROM, RoundSetup, analysis_spec, round_param
-from tessera.core.types import FieldSchema, JobSpec, JobState, PeerIdentity, Stage, Veto
-from tessera.server.budget_mirror import budget_views
+from tessera.core.rounds import analysis_spec, round_param
+from tessera.core.types import JobSpec, JobState, PeerIdentity, Stage, Veto
+from tessera.server.budget_mirror import node_budgets
 from tessera.server.clock import Clock
-from tessera.server.dp_round import DpRound, NextStage
+from tessera.server.dp_job import DpJob, DriverState, RoundDone, Tasks
 from tessera.server.notifier import Notifier
 from tessera.server.store import JobRecord, NodeRecord, SqlStore, TaskRecord
 from tessera.v1 import node_pb2
@@ -37,6 +40,7 @@ log = logging.getLogger("tessera.coordinator.jobs")
 
 HARD_MIN_PARTICIPANTS = 3  # with two nodes an aggregate reveals the other node's vector
 DEFAULT_MAX_CUSTOMERS = 10_000_000  # per node, sizes the modular bit width of DP rounds
+END_CODEC = "job/end"
 
 
 class JobService:
@@ -48,37 +52,47 @@ class JobService:
         notifier: Notifier,
         stage_timeout: timedelta = timedelta(minutes=2),
         job_timeout: timedelta = timedelta(minutes=30),
+        node_silence: timedelta = timedelta(seconds=10),
     ) -> None:
         self.store = store
         self.clock = clock
         self.notifier = notifier
         self.stage_timeout = stage_timeout
         self.job_timeout = job_timeout
+        # A node silent (no heartbeat, no stream) this long while a stage waits for it has dropped:
+        # the stage closes without it instead of waiting out its whole deadline.
+        self.node_silence = node_silence
         # One coordinator process owns job transitions; the lock keeps concurrent answers from
         # racing to finish the same stage.
         self._lock = threading.RLock()
-        self._rounds: dict[str, DpRound] = {}
+        self._dp: dict[str, DpJob] = {}
 
     # -- analyst side ---------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, actor: PeerIdentity) -> JobRecord:
+        """Validate the whole job first (a refused job is never created), then create and start it."""
         info = get_analysis(spec.analysis)
         now = self.clock()
         if spec.deadline is not None and spec.deadline <= now:
             raise InvalidRequest("the job's deadline is already in the past")
         nodes = self._plan_participants(spec, info)
+        state = self._initial_state(spec, nodes) if info.differentially_private else None
         with self._lock:
             job = self.store.create_job(spec, submitted_by=actor.name, now=now)
+            plan_text = f"{spec.analysis} on {len(nodes)} node(s)"
+            if state is not None:
+                tolerated = len(nodes) - state.threshold
+                plan_text += f", quorum {state.threshold} ({_drops(tolerated)})"
             self.store.audit(
                 actor=actor.name,
                 role=actor.role or "",
                 action="job.submit",
                 now=now,
                 job_id=job.job_id,
-                outcome=f"accepted: {spec.analysis} on {len(nodes)} node(s)",
+                outcome=f"accepted: {plan_text}",
             )
-            if info.differentially_private:
-                job = self._start_dp_round(job, nodes, now=now)
+            if state is not None:
+                job = self._start_dp_job(job, nodes, state, now=now)
             else:
                 job = self._start_report_round(job, [n.node_id for n in nodes], now=now)
         log.info("job submitted job=%s analysis=%s nodes=%d", job.job_id, spec.analysis, len(nodes))
@@ -89,15 +103,17 @@ class JobService:
             job = self.store.get_job(job_id)
             if job.state.terminal:
                 raise Conflict(f"job {job_id} has already ended ({job.state.value})")
+            reason = f"cancelled by {actor.name}; {self._charged_text(job_id)}"
             job = self.store.update_job(
                 job_id,
                 now=self.clock(),
                 state=JobState.CANCELLED,
-                status_detail=f"cancelled by {actor.name}",
-                event=f"cancelled by {actor.name}",
+                status_detail=reason,
+                event=reason,
             )
-            if self._rounds.pop(job_id, None) is not None:
-                self._send_aborts(job, self.clock())
+            dp_job = self._dp.pop(job_id, None)
+            if dp_job is not None:
+                self._send_end(job, dp_job.state.live, self.clock())
             self.store.audit(
                 actor=actor.name, role=actor.role or "", action="job.cancel", now=self.clock(), job_id=job_id
             )
@@ -122,12 +138,11 @@ class JobService:
         # still checks the job against its own policy and may veto.
         willing = [n for n in chosen if _summary_allows(n, spec, info)]
         if info.differentially_private:
-            views = {(v.node_id, v.dataset): v for v in budget_views(self.store, willing, now=self.clock())}
+            views = {v.node_id: v for v in node_budgets(self.store, willing, now=self.clock())}
             willing = [
                 n
                 for n in willing
-                if (n.node_id, spec.dataset) not in views
-                or views[(n.node_id, spec.dataset)].admits(epsilon=spec.epsilon, delta=spec.delta)
+                if n.node_id not in views or views[n.node_id].admits(epsilon=spec.epsilon, delta=spec.delta)
             ]
         if len(willing) < needed:
             raise Conflict(
@@ -136,6 +151,28 @@ class JobService:
                 f"{needed} are needed"
             )
         return sorted(chosen, key=lambda n: n.node_id)
+
+    def _initial_state(self, spec: JobSpec, nodes: Sequence[NodeRecord]) -> DriverState:
+        """The DP job's quorum, margins and first round, checked before the job exists."""
+        program = get_program(spec.analysis)
+        threshold = survivors_threshold(spec, nodes)
+        collusion = max((n.policy.collusion_tolerance for n in nodes), default=0)
+        if threshold - collusion < 1:
+            raise Conflict(
+                f"a collusion tolerance of {collusion} leaves no honest share in a quorum of {threshold}"
+            )
+        state = DriverState(
+            round=1,
+            public=dict(program.start(analysis_spec(spec))),
+            live=tuple(n.node_id for n in nodes),
+            threshold=threshold,
+            collusion=collusion,
+            max_customers=round_param(spec, "max_customers", DEFAULT_MAX_CUSTOMERS),
+            min_cohort_size=max(node.policy.min_cohort_size for node in nodes),
+        )
+        # Plans the first round now: a job the nodes would refuse for its parameters never starts.
+        DpJob("check", spec, program, nodes, state).begin_epoch()
+        return state
 
     # -- rounds ---------------------------------------------------------------------------------
 
@@ -163,53 +200,58 @@ class JobService:
             stage=stage,
             expected=len(participants),
         )
-        self.notifier.notify()
+        self.notifier.notify(participants)
         return job
 
-    def _start_dp_round(self, job: JobRecord, nodes: Sequence[NodeRecord], *, now: datetime) -> JobRecord:
-        spec = job.spec
-        analysis = get_vector_analysis(spec.analysis)
-        n = len(nodes)
-        threshold = survivors_threshold(spec, nodes)
-        plan = analysis.plan(
-            analysis_spec(spec), _shared_fields(spec.dataset, nodes), survivors_t=threshold, n_nodes=n
-        )
-        max_customers = round_param(spec, "max_customers", DEFAULT_MAX_CUSTOMERS)
-        setup = RoundSetup(
-            job_id=job.job_id,
-            round_no=1,
-            participants=tuple(node.node_id for node in nodes),
-            threshold=threshold,
-            bits=bits_for(plan, max_customers=max_customers),
-            length=plan.length,
-            certificates=tuple((node.node_id, node.cert_pem) for node in nodes),
-            graph_seed=os.urandom(32).hex() if n >= SPARSE_FROM else "",
-        )
-        min_cohort = max(node.policy.min_cohort_size for node in nodes)
-        self._rounds[job.job_id] = DpRound(setup, plan, analysis, min_cohort_size=min_cohort)
-        participants = [node.node_id for node in nodes]
-        stage = Stage.ADVERTISE_KEYS
-        self.store.add_tasks(
-            job.job_id,
-            round=1,
-            stage=stage,
-            node_ids=participants,
-            now=now,
-            deadline=self._deadline(job, now),
-            stage_input=setup.to_bytes(),
-        )
+    def _start_dp_job(
+        self, job: JobRecord, nodes: Sequence[NodeRecord], state: DriverState, *, now: datetime
+    ) -> JobRecord:
+        dp_job = DpJob(job.job_id, job.spec, get_program(job.spec.analysis), nodes, state)
+        self._dp[job.job_id] = dp_job
+        participants = [n.node_id for n in nodes]
         job = self.store.update_job(
             job.job_id,
             now=now,
             state=JobState.RUNNING,
             round=1,
             participants=participants,
-            status_detail=f"waiting for {n} of {n} node(s) ({stage.value})",
-            event=f"round 1: secure aggregation over {n} node(s), quorum {threshold}, {setup.bits}-bit sums",
-            stage=stage,
-            expected=n,
+            status_detail="starting",
+            event=(
+                f"secure aggregation over {len(nodes)} node(s), quorum {state.threshold} "
+                f"({_drops(len(nodes) - state.threshold)}), up to {dp_job.max_rounds} round(s)"
+                + (f", noise sized for {state.collusion} colluding node(s)" if state.collusion else "")
+            ),
         )
-        self.notifier.notify()
+        return self._hand_out(job, dp_job, dp_job.begin_epoch(), now)
+
+    def _hand_out(self, job: JobRecord, dp_job: DpJob, tasks: Tasks, now: datetime) -> JobRecord:
+        if tasks.stage in (Stage.ADVERTISE_KEYS, Stage.MASKED_INPUT):  # idempotent per round
+            self.store.start_round(job.job_id, round=tasks.round, rho=dp_job.plan_rho, now=now)
+            self.store.save_driver_state(job.job_id, dp_job.state.to_json())
+        nodes = sorted(tasks.inputs)
+        self.store.add_tasks(
+            job.job_id,
+            round=tasks.round,
+            epoch=tasks.epoch,
+            stage=tasks.stage,
+            node_ids=nodes,
+            now=now,
+            deadline=self._deadline(job, now),
+            stage_inputs=tasks.inputs,
+            round_input=tasks.round_input,
+        )
+        job = self.store.update_job(
+            job.job_id,
+            now=now,
+            round=tasks.round,
+            status_detail=f"round {tasks.round} of {dp_job.max_rounds}: waiting for {len(nodes)} of "
+            f"{len(nodes)} node(s) ({tasks.stage.value})",
+            event=f"round {tasks.round} of {dp_job.max_rounds}, {tasks.stage.value}: "
+            f"asked {len(nodes)} node(s)",
+            stage=tasks.stage,
+            expected=len(nodes),
+        )
+        self.notifier.notify(nodes)
         return job
 
     # -- node side ------------------------------------------------------------------------------
@@ -240,11 +282,13 @@ class JobService:
                 serde.inventory_from_pb(message.inventory)  # validate before storing
                 answer = message.inventory.SerializeToString()
             else:
-                dp_round = self._rounds.get(task.job_id)
-                if body != "secagg" or dp_round is None:
+                dp_job = self._dp.get(task.job_id)
+                if body != "secagg" or dp_job is None or dp_job.round is None:
                     raise InvalidRequest("this task expects a secure-aggregation message of a running round")
+                if task.epoch != dp_job.state.epoch or task.stage is not dp_job.stage:
+                    raise InvalidRequest("this task belongs to an earlier stage or key epoch of the job")
                 # The round keeps what it needs in memory; the store only records that it came.
-                dp_round.receive(node_id, task.stage, message.secagg.data)
+                dp_job.receive(node_id, task.stage, message.secagg.data)
                 answer = b""
             fresh = self.store.answer_task(task.task_id, answer=answer)
             if fresh:
@@ -267,9 +311,9 @@ class JobService:
 
     def _current_tasks(self, job: JobRecord) -> list[TaskRecord]:
         tasks = self.store.tasks_for(job.job_id, round=job.round)
-        dp_round = self._rounds.get(job.job_id)
-        if dp_round is not None:
-            tasks = [t for t in tasks if t.stage is dp_round.stage]
+        dp_job = self._dp.get(job.job_id)
+        if dp_job is not None:
+            tasks = [t for t in tasks if t.stage is dp_job.stage and t.epoch == dp_job.state.epoch]
         return tasks
 
     def _advance(self, job_id: str, *, force: bool = False) -> None:
@@ -286,75 +330,121 @@ class JobService:
             self.store.update_job(
                 job_id,
                 now=now,
-                status_detail=f"waiting for {waiting} of {len(tasks)} node(s) ({stage.value})",
+                status_detail=f"waiting for {waiting} of {len(tasks)} node(s) ({stage.value}"
+                + (f", round {job.round})" if job_id in self._dp else ")"),
                 event=f"{stage.value}: {len(closed)} of {len(tasks)} node(s) answered",
                 stage=stage,
                 done=len(closed),
                 expected=len(tasks),
             )
-        elif job.job_id in self._rounds:
+            self.notifier.notify()
+        elif job.job_id in self._dp:
             self._close_dp_stage(job, now)
         else:
             self._finish_report(job, tasks, now)
-        self.notifier.notify()
+            self.notifier.notify()
 
     def _close_dp_stage(self, job: JobRecord, now: datetime) -> None:
-        dp_round = self._rounds[job.job_id]
+        dp_job = self._dp[job.job_id]
         try:
-            outcome = dp_round.close_stage()
+            outcome = dp_job.close_stage()
         except TesseraError as exc:
             vetoes = self.store.vetoes_for(job.job_id)
             reasons = "".join(f"; veto from {v.node_id}: {v.reason}" for v in vetoes)
             self._fail(job.job_id, f"{exc.message}{reasons}", now)
             return
-        if isinstance(outcome, NextStage):
-            nodes = sorted(outcome.inputs)
-            self.store.add_tasks(
-                job.job_id,
-                round=job.round,
-                stage=outcome.stage,
-                node_ids=nodes,
-                now=now,
-                deadline=self._deadline(job, now),
-                stage_inputs=outcome.inputs,
-            )
-            self.store.update_job(
-                job.job_id,
-                now=now,
-                status_detail=f"waiting for {len(nodes)} of {len(nodes)} node(s) ({outcome.stage.value})",
-                event=f"{outcome.stage.value}: asked {len(nodes)} node(s)",
-                stage=outcome.stage,
-                expected=len(nodes),
-            )
+        if isinstance(outcome, Tasks):
+            self._hand_out(job, dp_job, outcome, now)
             return
-        del self._rounds[job.job_id]
-        outcome.result["survivors"] = list(outcome.survivors)
-        outcome.result["dropped"] = list(outcome.dropped)
-        # Sums are taken modulo 2^bits, sized so any coordinate wraps with probability <= 2^-40
-        # for up to max_customers customers per node (bits_for); stated so a reader can check it.
-        outcome.result["modulus_bits"] = dp_round.setup.bits
-        outcome.result["wrap_probability_at_most"] = 2.0**-40
-        outcome.result["vetoes"] = [
-            {"node_id": v.node_id, "code": v.code, "reason": v.reason}
-            for v in self.store.vetoes_for(job.job_id)
-        ]
+        self._released(job, dp_job, outcome, now)
+
+    def _released(self, job: JobRecord, dp_job: DpJob, done: RoundDone, now: datetime) -> None:
+        metric = {k: float(v) for k, v in done.step.metric.items()}
+        self.store.release_round(
+            job.job_id,
+            round=done.round,
+            now=now,
+            survivors=done.survivors,
+            dropped=done.dropped,
+            metric_json=json.dumps(metric, sort_keys=True),
+            result_json=json.dumps(done.released, sort_keys=True) if dp_job.max_rounds > 1 else "",
+            driver_state=done.state.to_json(),
+        )
+        shown = ", ".join(f"{k} {v:.6g}" for k, v in metric.items())
+        self.store.update_job(
+            job.job_id,
+            now=now,
+            event=f"round {done.round} of {dp_job.max_rounds} released: noisy sum of "
+            f"{len(done.survivors)} node(s)"
+            + (f", {len(done.dropped)} dropped" if done.dropped else "")
+            + (f"; {shown}" if shown else ""),
+            stage=Stage.UNMASK,
+        )
+        if done.next is not None:
+            self._hand_out(job, dp_job, done.next, now)
+            return
+        del self._dp[job.job_id]
+        assert done.step.result is not None
+        result = dict(done.step.result)
+        result |= self._job_trailer(job, dp_job, done)
         self.store.update_job(
             job.job_id,
             now=now,
             state=JobState.SUCCEEDED,
-            result_json=json.dumps(outcome.result, sort_keys=True),
-            released_rho=dp_round.plan.rho,
-            charged_nodes=outcome.survivors,
-            status_detail=f"done: noisy sum of {len(outcome.survivors)} node(s)",
-            event=f"succeeded: released the noisy sum of {len(outcome.survivors)} node(s)"
-            + (f", {len(outcome.dropped)} dropped" if outcome.dropped else ""),
+            result_json=json.dumps(result, sort_keys=True),
+            charged_nodes=done.survivors,
+            status_detail=f"done: {done.round} round(s), last over {len(done.survivors)} node(s)",
+            event=f"succeeded after {done.round} round(s)"
+            + (" (stopped early; unspent budget freed)" if done.ended_early else ""),
         )
-        log.info(
-            "job succeeded job=%s survivors=%d dropped=%d",
-            job.job_id,
-            len(outcome.survivors),
-            len(outcome.dropped),
-        )
+        if done.ended_early or done.state.out:
+            self._send_end(job, done.state.live, now)
+        self.notifier.notify()
+        log.info("job succeeded job=%s rounds=%d", job.job_id, done.round)
+
+    def _job_trailer(self, job: JobRecord, dp_job: DpJob, done: RoundDone) -> dict[str, Any]:
+        """What every DP result states beside its numbers: trace, budget used, guarantees."""
+        rounds = self.store.rounds_for(job.job_id)
+        released = [r for r in rounds if r.state == "released"]
+        rho_used = sum(r.rho for r in released)
+        delta = job.spec.delta
+        trailer: dict[str, Any] = {
+            "survivors": list(done.survivors),
+            "dropped": list(done.dropped),
+            "out_of_job": list(done.state.out),
+            "rounds": [
+                {
+                    "round": r.round,
+                    "rho": r.rho,
+                    "survivors": list(r.survivors),
+                    "dropped": list(r.dropped),
+                    "metric": json.loads(r.metric_json or "{}"),
+                }
+                for r in released
+            ],
+            "budget": {
+                "rho_reserved": rho_total(analysis_spec(job.spec)),
+                "rho_used": rho_used,
+                "epsilon_used": rho_to_epsilon(rho_used, delta=delta) if rho_used > 0 else 0.0,
+                "delta": delta,
+            },
+            "quorum": dp_job.state.threshold,
+            "collusion_tolerance": dp_job.state.collusion,
+            "vetoes": [
+                {"node_id": v.node_id, "code": v.code, "reason": v.reason}
+                for v in self.store.vetoes_for(job.job_id)
+            ],
+        }
+        if dp_job.max_rounds == 1:
+            # One-round results keep their established top-level fields.
+            round_setup = dp_job.round
+            trailer["modulus_bits"] = round_setup.setup.bits if round_setup is not None else None
+        else:
+            trailer["round_results"] = [json.loads(r.result_json) for r in released if r.result_json]
+        # Sums are taken modulo 2^bits, sized so any coordinate wraps with probability <= 2^-40
+        # for up to max_customers customers per node (bits_for); stated so a reader can check it.
+        trailer["wrap_probability_at_most"] = 2.0**-40
+        return trailer
 
     def _finish_report(self, job: JobRecord, tasks: Sequence[TaskRecord], now: datetime) -> None:
         vetoes = self.store.vetoes_for(job.job_id)
@@ -379,8 +469,27 @@ class JobService:
         )
         log.info("job succeeded job=%s reports=%d vetoes=%d", job.job_id, len(reports), len(vetoes))
 
+    def _charged_text(self, job_id: str) -> str:
+        """A true sentence about what the job's nodes were charged (from the answered inputs)."""
+        charged: dict[int, set[str]] = {}
+        for task in self.store.tasks_for(job_id):
+            if task.stage is Stage.MASKED_INPUT and task.state.value == "answered":
+                charged.setdefault(task.round, set()).add(task.node_id)
+        released = {r.round for r in self.store.rounds_for(job_id) if r.state == "released"}
+        unreleased = {r: n for r, n in charged.items() if r not in released}
+        if not charged:
+            return "no node was charged"
+        parts = [f"round {r} released" for r in sorted(released)]
+        parts += [
+            f"round {r} charged to {', '.join(sorted(n))} without a release"
+            for r, n in sorted(unreleased.items())
+        ]
+        return "; ".join(parts)
+
     def _fail(self, job_id: str, reason: str, now: datetime) -> None:
-        ended_round = self._rounds.pop(job_id, None) is not None
+        dp_job = self._dp.pop(job_id, None)
+        if dp_job is not None:
+            reason = f"{reason} ({self._charged_text(job_id)})"
         job = self.store.update_job(
             job_id,
             now=now,
@@ -389,93 +498,124 @@ class JobService:
             status_detail=f"failed: {reason}",
             event=f"failed: {reason}",
         )
-        if ended_round:
-            self._send_aborts(job, now)
+        if dp_job is not None:
+            self._send_end(job, dp_job.state.live, now)
+        self.notifier.notify()
         log.warning("job failed job=%s", job_id)
 
-    def _send_aborts(self, job: JobRecord, now: datetime) -> None:
-        """Tell every node that joined the ended round to drop it and give back its reservation.
+    def _send_end(self, job: JobRecord, nodes: Sequence[str], now: datetime) -> None:
+        """Tell the job's nodes it ended: drop its keys, free the budget no round spent.
 
         Without this a node would hold the reserved budget until the reservation expires.
         """
-        advertised = {
-            t.node_id
-            for t in self.store.tasks_for(job.job_id, round=job.round)
-            if t.stage is Stage.ADVERTISE_KEYS
-        }
-        joined = sorted(advertised - {v.node_id for v in self.store.vetoes_for(job.job_id)})
-        if joined:
+        vetoed = {v.node_id for v in self.store.vetoes_for(job.job_id)}
+        joined = sorted(
+            {t.node_id for t in self.store.tasks_for(job.job_id) if t.stage is Stage.ADVERTISE_KEYS}
+        )
+        targets = sorted((set(joined) | set(nodes)) - vetoed)
+        if targets:
             self.store.add_tasks(
                 job.job_id,
                 round=job.round,
+                epoch=-1,
                 stage=Stage.ABORT,
-                node_ids=joined,
+                node_ids=targets,
                 now=now,
                 deadline=now + self.stage_timeout,
+                stage_input=END_CODEC.encode(),
             )
+            self.notifier.notify(targets)
 
     # -- time and recovery ----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Act on passed deadlines; called periodically by the server.
+        """Act on passed deadlines and silent nodes; called periodically by the server.
 
         A report round fails naming the silent nodes. A secure-aggregation stage closes with the
-        nodes that answered (the others dropped) and fails only if fewer than the quorum remain.
+        nodes that answered (the others dropped) as soon as every node it waits for is silent
+        or late, and fails only if fewer than the quorum remain.
         """
         now = self.clock()
         with self._lock:
+            silent_before = now - self.node_silence
+            seen = {n.node_id: n.last_seen for n in self.store.list_nodes()}
             for job in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
                 if job.spec.deadline is not None and job.spec.deadline <= now:
                     self._fail(job.job_id, "the job's deadline passed before it finished", now)
-                    self.notifier.notify()
                     continue
                 tasks = self._current_tasks(job)
-                late = [t for t in tasks if t.state.open and t.deadline is not None and t.deadline <= now]
+                waiting = [t for t in tasks if t.state.open]
+                late = [t for t in waiting if t.deadline is not None and t.deadline <= now]
+                if job.job_id in self._dp:
+                    late += [t for t in waiting if t not in late and seen.get(t.node_id, now) < silent_before]
                 if not late:
                     continue
-                names = ", ".join(t.node_id for t in late)
-                if job.job_id in self._rounds:
-                    self.store.expire_open_tasks(job.job_id, round=job.round, stage=late[0].stage)
+                names = ", ".join(sorted(t.node_id for t in late))
+                if job.job_id in self._dp:
+                    self.store.expire_tasks([t.task_id for t in late])
                     self.store.update_job(
                         job.job_id, now=now, event=f"{late[0].stage.value}: {names} dropped"
                     )
-                    self._advance(job.job_id, force=True)
+                    self._advance(job.job_id, force=len(late) == len(waiting))
                 else:
                     self._fail(
                         job.job_id,
                         f"node(s) {names} did not answer round {job.round} before its deadline",
                         now,
                     )
-                    self.notifier.notify()
 
     def recover(self) -> None:
-        """After a (re)start: resume what can resume, fail the rest with a reason."""
+        """After a (re)start: resume what can resume, fail the rest with a reason.
+
+        A DP job resumes at its first unreleased round with a fresh key epoch over the nodes still
+        in it; a round that was in flight is run again and nodes charge it once (their ledgers
+        charge per job and round), since its first attempt can never be unmasked: every node
+        destroys an epoch's secrets when the next epoch of the job begins.
+        """
         now = self.clock()
         with self._lock:
             for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
                 info = get_analysis(job.spec.analysis)
-                if not info.resumable:
+                try:
+                    if info.differentially_private:
+                        self._resume_dp(job, now)
+                    elif job.state is JobState.PENDING:
+                        participants = job.participants or [
+                            n.node_id for n in self._plan_participants(job.spec, info)
+                        ]
+                        self._start_report_round(job, participants, now=now)
+                    else:
+                        # Open tasks stay in the store and are re-sent when each node reconnects;
+                        # give them a fresh deadline since the outage was not the nodes' fault.
+                        self.store.extend_open_tasks(job.job_id, deadline=now + self.stage_timeout)
+                        self.store.update_job(job.job_id, now=now, event="coordinator restarted; job resumes")
+                        self._advance(job.job_id)
+                except TesseraError as exc:
+                    self._dp.pop(job.job_id, None)
                     self._fail(
-                        job.job_id,
-                        f"the coordinator restarted during round {job.round}; a secure-aggregation round "
-                        "cannot resume safely, so submit the job again (no node was charged for a "
-                        "release that did not happen)",
-                        now,
+                        job.job_id, f"the coordinator restarted and the job cannot go on: {exc.message}", now
                     )
+                    self._send_end(job, job.participants, now)
                     continue
-                if job.state is JobState.PENDING:
-                    participants = job.participants or [
-                        n.node_id for n in self._plan_participants(job.spec, info)
-                    ]
-                    self._start_report_round(job, participants, now=now)
-                else:
-                    # Open tasks stay in the store and are re-sent when each node reconnects; give
-                    # them a fresh stage deadline since the outage was not the nodes' fault.
-                    self.store.extend_open_tasks(job.job_id, deadline=now + self.stage_timeout)
-                    self.store.update_job(job.job_id, now=now, event="coordinator restarted; job resumes")
-                    self._advance(job.job_id)
                 log.info("job resumed after restart job=%s", job.job_id)
         self.notifier.notify()
+
+    def _resume_dp(self, job: JobRecord, now: datetime) -> None:
+        if not job.driver_state:
+            raise Conflict("it never started a round")
+        state = DriverState.from_json(job.driver_state)
+        enrolled = {n.node_id: n for n in self.store.list_nodes()}
+        nodes = [enrolled[p] for p in job.participants if p in enrolled]
+        self.store.expire_job_tasks(job.job_id)
+        dp_job = DpJob(job.job_id, job.spec, get_program(job.spec.analysis), nodes, state)
+        self._dp[job.job_id] = dp_job
+        job = self.store.update_job(
+            job.job_id,
+            now=now,
+            event=f"coordinator restarted; resuming at round {state.round} with fresh keys "
+            f"over {len(state.live)} node(s)",
+        )
+        self._hand_out(job, dp_job, dp_job.begin_epoch(), now)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -483,36 +623,33 @@ class JobService:
         return self.store.list_nodes()
 
 
+def _drops(tolerated: int) -> str:
+    if tolerated <= 0:
+        return "no dropout tolerated"
+    return f"tolerates {tolerated} dropout{'s' if tolerated > 1 else ''}"
+
+
 def survivors_threshold(spec: JobSpec, nodes: Sequence[NodeRecord]) -> int:
     """The quorum t: the fewest nodes whose noisy sum may be released.
 
-    At least a strict majority (secure aggregation's bound against a coordinator that lies about
-    who dropped), at least every participant's ``min_participants``, and no lower than the number
-    of nodes minus ``max_dropouts`` (job parameter, default 1): noise shares are sized for t, so a
-    smaller t costs accuracy when everyone stays.
+    More than ``(n + c)/2`` with ``c`` the largest collusion tolerance of the participants (the
+    consistency check's bound against a coordinator that lies about who dropped), at least every
+    participant's ``min_participants``, and no lower than the number of nodes minus
+    ``max_dropouts`` (job parameter, default 1): noise shares are sized for t - c, so a smaller t
+    costs accuracy when everyone stays.
     """
     n = len(nodes)
     max_dropouts = round_param(spec, "max_dropouts", 1)
+    collusion = max((x.policy.collusion_tolerance for x in nodes), default=0)
     floor = max(
-        n // 2 + 1, spec.min_participants, HARD_MIN_PARTICIPANTS, *(x.policy.min_participants for x in nodes)
+        (n + collusion) // 2 + 1,
+        spec.min_participants,
+        HARD_MIN_PARTICIPANTS,
+        *(x.policy.min_participants for x in nodes),
     )
     if floor > n:
         raise Conflict(f"the round needs at least {floor} nodes and only {n} take part")
     return max(floor, n - max_dropouts)
-
-
-def _shared_fields(dataset: str, nodes: Sequence[NodeRecord]) -> Mapping[str, FieldSchema]:
-    """Fields of ``dataset`` that every participant publishes with the same type and tier."""
-    if not dataset:
-        raise InvalidRequest("a DP job must name the dataset it analyses")
-    common: dict[str, FieldSchema] | None = None
-    for node in nodes:
-        schema = next((d for d in node.datasets if d.name == dataset), None)
-        if schema is None:
-            raise Conflict(f"node {node.node_id} publishes no dataset {dataset!r}")
-        fields = {f.name: f for f in schema.fields}
-        common = fields if common is None else {k: v for k, v in common.items() if fields.get(k) == v}
-    return common or {}
 
 
 def _summary_allows(node: NodeRecord, spec: JobSpec, info: AnalysisInfo) -> bool:

@@ -90,7 +90,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         sent: set[str] = set()  # per stream: a reconnect re-sends everything still open
         seen = -1
         while context.is_active() and not self.notifier.closed:
-            version = self.notifier.version
+            version = self.notifier.node_version(node_id)
             if version != seen:
                 seen = version
                 try:
@@ -101,7 +101,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                     self.jobs.store.mark_delivered([t.task_id for t in tasks])
                 except TesseraError as exc:
                     abort(context, exc)
-            self.notifier.wait(seen, timeout=1.0)
+            self.notifier.wait_node(node_id, seen, timeout=1.0)
         log.info("task stream closed node=%s", node_id)
 
     def PollTasks(
@@ -111,13 +111,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             node_id = self._node(context)
             wait_s = min(request.wait_ms / 1000.0, MAX_POLL_WAIT_S)
             deadline = self.jobs.clock().timestamp() + wait_s
-            seen = self.notifier.version
+            seen = self.notifier.node_version(node_id)
             while True:
                 tasks = self.jobs.store.open_tasks(node_id)
                 remaining = deadline - self.jobs.clock().timestamp()
                 if tasks or remaining <= 0 or not context.is_active() or self.notifier.closed:
                     break
-                seen = self.notifier.wait(seen, timeout=min(remaining, 1.0))
+                seen = self.notifier.wait_node(node_id, seen, timeout=min(remaining, 1.0))
             self.jobs.store.mark_delivered([t.task_id for t in tasks])
             return node_pb2.PollTasksResponse(tasks=[self._task_pb(t) for t in tasks])
         except TesseraError as exc:
@@ -164,6 +164,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             stage=serde.stage_to_pb(task.stage),
             spec=serde.job_spec_to_pb(job.spec),
             stage_input=task.stage_input,
+            round_input=task.round_input,
             participants=list(job.participants),
         )
         if task.deadline is not None:

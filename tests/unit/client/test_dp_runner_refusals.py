@@ -79,6 +79,8 @@ def _task(
             bits=32,
             length=plan.length,
             certificates=tuple((n, certs[n].decode()) for n in participants),
+            epoch=1,
+            max_customers=1000,
         )
         stage_input = setup.to_bytes()
     return node_pb2.Task(

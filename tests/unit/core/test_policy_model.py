@@ -84,7 +84,7 @@ def test_summary_mirrors_the_policy() -> None:
         min_participants=3,
         allowed_partners=("beta", "gamma"),
         retention_days=30,
-        collusion_tolerance=1,  # the default when the file does not set it
+        collusion_tolerance=0,  # the default when the file does not set it
     )
 
 

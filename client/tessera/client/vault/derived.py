@@ -82,4 +82,9 @@ def read_derived(engine: sa.Engine, *, field: str) -> dict[int, float | str]:
         Attribute.name == field
     )
     with engine.connect() as conn:
-        return {cid: (num if num is not None else text) for cid, num, text in conn.execute(query)}
+        out: dict[int, float | str] = {}
+        for cid, num, text in conn.execute(query):
+            value = num if num is not None else text
+            if value is not None:
+                out[cid] = value
+        return out

@@ -24,6 +24,7 @@ KNOWN_ANALYSES: tuple[str, ...] = (
     "mean",
     "histogram",
     "quantiles",
+    "mean_descent",
     "rfm_segments",
     "kmeans",
     "funnel",
@@ -82,7 +83,7 @@ class PolicyDoc(_Strict):
     allowed_partners: list[str]
     retention_days: int
     # Nodes this partner assumes may collude with the coordinator (secure aggregation, DESIGN §1).
-    collusion_tolerance: int = 1
+    collusion_tolerance: int = 0
 
 
 def model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:

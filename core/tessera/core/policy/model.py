@@ -78,7 +78,7 @@ class Policy:
     retention_days: int
     # How many other nodes may collude with the coordinator without breaking secure aggregation;
     # the node refuses rounds whose threshold or masking graph cannot bear it (secagg.security).
-    collusion_tolerance: int = 1
+    collusion_tolerance: int = 0
     description: str = ""
     version: int = 1
     source: str = field(default="", compare=False)

@@ -67,6 +67,7 @@ class TaskRow(Base):
     stage: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))
     stage_input: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    round_input: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     answer_pb: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -60,6 +60,7 @@ class TaskRecord:
     deadline: datetime | None
     answer: bytes | None = None
     epoch: int = 0
+    round_input: bytes = b""  # the round's public input (JSON), identical for every node
 
 
 @dataclass(frozen=True, slots=True)

@@ -386,11 +386,12 @@ class SqlStore:
         stage_input: bytes = b"",
         stage_inputs: Mapping[str, bytes] | None = None,
         epoch: int = 0,
+        round_input: bytes = b"",
     ) -> list[TaskRecord]:
         """One task per node; ``stage_inputs`` gives a node its own input (else ``stage_input``)."""
         rows = [
             TaskRow(
-                task_id=f"{job_id}-e{epoch}-r{round}-{stage.value}-{node_id}",
+                task_id=f"{job_id}{f'-e{epoch}' if epoch else ''}-r{round}-{stage.value}-{node_id}",
                 job_id=job_id,
                 node_id=node_id,
                 round=round,
@@ -398,6 +399,7 @@ class SqlStore:
                 stage=stage.value,
                 state=TaskState.PENDING.value,
                 stage_input=(stage_inputs or {}).get(node_id, stage_input),
+                round_input=round_input,
                 deadline=deadline,
                 created_at=now,
             )
@@ -478,6 +480,26 @@ class SqlStore:
             s.execute(update(TaskRow).where(where).values(state=TaskState.EXPIRED.value))
             return late
 
+    def expire_tasks(self, task_ids: Sequence[str]) -> None:
+        """Close these tasks unanswered (their nodes dropped)."""
+        with self._tx() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.task_id.in_(list(task_ids)))
+                .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+                .values(state=TaskState.EXPIRED.value)
+            )
+
+    def expire_job_tasks(self, job_id: str) -> None:
+        """Close every open task of a job (its key epoch ended with the coordinator process)."""
+        with self._tx() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.job_id == job_id)
+                .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+                .values(state=TaskState.EXPIRED.value)
+            )
+
     def extend_open_tasks(self, job_id: str, *, deadline: datetime) -> None:
         with self._tx() as s:
             s.execute(
@@ -520,6 +542,7 @@ class SqlStore:
             stage=Stage(row.stage),
             state=TaskState(row.state),
             stage_input=row.stage_input or b"",
+            round_input=row.round_input or b"",
             deadline=_utc(row.deadline) if row.deadline else None,
             answer=row.answer_pb,
         )

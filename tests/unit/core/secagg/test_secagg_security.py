@@ -123,9 +123,9 @@ def test_collusion_tolerance_policy_key() -> None:
     assert serde.policy_summary_from_pb(serde.policy_summary_to_pb(summary)) == summary
     assert SecurityParams.from_policy(strict) == SecurityParams(min_participants=4, collusion_tolerance=2)
     default = parse_policy(POLICY)
-    assert default.collusion_tolerance == 1 and default.policy_hash != strict.policy_hash
+    assert default.collusion_tolerance == 0 and default.policy_hash != strict.policy_hash
     changes = [c.message for c in diff_policies(default, strict).changes]
-    assert "collusion_tolerance raised from 1 to 2: stricter" in changes
+    assert "collusion_tolerance raised from 0 to 2: stricter" in changes
     with pytest.raises(PolicyError, match="cannot be negative"):
         parse_policy(POLICY.replace("min_participants: 3", "min_participants: 3\ncollusion_tolerance: -1"))
     with pytest.raises(PolicyError, match="whole quorum"):

@@ -20,6 +20,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("driver_state", sa.Text(), nullable=False, server_default=""))
     with op.batch_alter_table("tasks") as batch_op:
         batch_op.add_column(sa.Column("epoch", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("round_input", sa.LargeBinary(), nullable=False, server_default=""))
     op.create_table(
         "job_rounds",
         sa.Column("job_id", sa.String(length=32), sa.ForeignKey("jobs.job_id"), primary_key=True),
@@ -40,6 +41,7 @@ def downgrade() -> None:
     op.drop_index("ix_job_rounds_started_at", table_name="job_rounds")
     op.drop_table("job_rounds")
     with op.batch_alter_table("tasks") as batch_op:
+        batch_op.drop_column("round_input")
         batch_op.drop_column("epoch")
     with op.batch_alter_table("jobs") as batch_op:
         batch_op.drop_column("driver_state")
