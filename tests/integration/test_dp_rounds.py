@@ -213,3 +213,34 @@ def test_a_csv_node_that_cannot_tell_its_customers_apart_vetoes_and_spends_nothi
     (veto,) = [v for v in refused["vetoes"] if v["node_id"] == "bank"]
     assert veto["code"] == "policy.customer_key_required" and "customer_key" in veto["reason"]
     assert _spent(fed, "bank") == 0 and _masked_entries(fed, "bank") == []
+
+
+def test_an_absurd_bound_never_leaves_a_job_running(fed: Federation) -> None:
+    _start(fed, ("bank", "telco", "retailer"))
+    spec = JobSpec(
+        analysis="sum",
+        dataset="customers",
+        purpose="research",
+        epsilon=EPS,
+        delta=DELTA,
+        params={"field": "monthly_spend", "lower": 0.0, "upper": 1e308},
+    )
+    try:
+        doc = _run(fed, spec)
+    except Exception as exc:  # refused up front is as good as ended
+        assert "upper" in str(exc) or "bound" in str(exc) or "finite" in str(exc)
+        return
+    assert doc["status"] in ("succeeded", "failed"), doc
+    for name in ("bank", "telco", "retailer"):
+        wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
+
+
+def test_a_population_above_the_declared_cap_is_vetoed_not_wrapped(fed: Federation) -> None:
+    _start(fed, ("bank", "telco", "retailer"))
+    doc = _run(fed, _count(max_customers=10))  # each node holds 300 customers
+    assert doc["status"] == "failed"
+    assert {v["code"] for v in doc["vetoes"]} == {"node.population_too_large"}
+    for name in ("bank", "telco", "retailer"):
+        assert _masked_entries(fed, name) == []
+        wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
+        assert fed.ledgers(name).budget.remaining().rho_spent == 0

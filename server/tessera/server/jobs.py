@@ -353,6 +353,10 @@ class JobService:
             reasons = "".join(f"; veto from {v.node_id}: {v.reason}" for v in vetoes)
             self._fail(job.job_id, f"{exc.message}{reasons}", now)
             return
+        except Exception as exc:  # a bug in a driver must end the job, never leave it running
+            log.error("round driver failed job=%s error=%s", job.job_id, type(exc).__name__)
+            self._fail(job.job_id, f"the coordinator could not process the round ({type(exc).__name__})", now)
+            return
         if isinstance(outcome, Tasks):
             self._hand_out(job, dp_job, outcome, now)
             return
