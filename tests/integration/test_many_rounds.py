@@ -132,3 +132,32 @@ def test_the_job_resumes_after_the_coordinator_restarts(fed: Federation) -> None
         assert status.rho_spent == pytest.approx(8 * per_round)
         wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
     json.dumps(doc)
+
+
+def test_a_restarted_node_rejoins_at_a_later_round_with_fresh_keys(fed: Federation) -> None:
+    _start(fed, tuple(NODES))
+    assert fed.store is not None
+    store = fed.store
+    with fed.analyst() as client:
+        job_id = client.submit(_descent(60, max_dropouts=1))
+
+        def released() -> list:
+            return [r for r in store.rounds_for(job_id) if r.state == "released"]
+
+        wait_for(lambda: len(released()) >= 2, 60)
+        fed.stop_node("stranger")
+        wait_for(lambda: any(len(r.survivors) == 3 for r in released()), 60)
+        fed.start_node("stranger", policy=open_policy("telco", "stranger", fed.work))
+        list(client.watch(job_id, timeout_s=180))
+        doc = client.result_document(job_id)
+    assert doc["status"] == "succeeded", doc
+    sizes = [len(r["survivors"]) for r in doc["result"]["rounds"]]
+    first_gap = sizes.index(3)
+    assert 4 in sizes[first_gap:], sizes  # back in after its restart
+    events = [e.message for e in client_events(fed, job_id)]
+    assert any("rejoin" in m for m in events)
+
+
+def client_events(fed: Federation, job_id: str) -> list:
+    assert fed.store is not None
+    return fed.store.events_after(job_id, 0)

@@ -183,6 +183,15 @@ class DpJob:
             round_input=self._round_input(),
         )
 
+    def rejoin(self, nodes: Sequence[str]) -> None:
+        """Take ``nodes`` back into the job from the next epoch on (``begin_epoch`` must follow)."""
+        back = set(nodes) & set(self.state.out)
+        self.state = replace(
+            self.state,
+            live=tuple(sorted(set(self.state.live) | back)),
+            out=tuple(sorted(set(self.state.out) - back)),
+        )
+
     def _round_input(self) -> bytes:
         return json.dumps(self.state.public, sort_keys=True).encode()
 

@@ -385,7 +385,19 @@ class JobService:
             stage=Stage.UNMASK,
         )
         if done.next is not None:
-            self._hand_out(job, dp_job, done.next, now)
+            nxt = done.next
+            back = self._rejoinable(job, dp_job, now)
+            if back:
+                # A node that dropped (e.g. was restarted) and is heartbeating again rejoins at the
+                # next round: everyone re-keys, so nothing it revealed in an old epoch matters.
+                dp_job.rejoin(back)
+                nxt = dp_job.begin_epoch()
+                self.store.update_job(
+                    job.job_id,
+                    now=now,
+                    event=f"round {nxt.round}: {', '.join(back)} rejoin(s); fresh keys for everyone",
+                )
+            self._hand_out(job, dp_job, nxt, now)
             return
         del self._dp[job.job_id]
         assert done.step.result is not None
@@ -405,6 +417,19 @@ class JobService:
             self._send_end(job, done.state.live, now)
         self.notifier.notify()
         log.info("job succeeded job=%s rounds=%d", job.job_id, done.round)
+
+    def _rejoinable(self, job: JobRecord, dp_job: DpJob, now: datetime) -> list[str]:
+        """Nodes out of the job that did not veto it and are heartbeating again."""
+        if not dp_job.state.out:
+            return []
+        vetoed = {v.node_id for v in self.store.vetoes_for(job.job_id)}
+        recent = now - self.node_silence / 2
+        seen = {n.node_id: n.last_seen for n in self.store.list_nodes()}
+        return sorted(
+            n
+            for n in dp_job.state.out
+            if n not in vetoed and n in dp_job.nodes and seen.get(n, now) >= recent
+        )
 
     def _job_trailer(self, job: JobRecord, dp_job: DpJob, done: RoundDone) -> dict[str, Any]:
         """What every DP result states beside its numbers: trace, budget used, guarantees."""
