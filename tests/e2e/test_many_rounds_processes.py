@@ -49,7 +49,9 @@ def _policy(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_a_job_of_many_rounds_survives_a_coordinator_and_a_node_sigkill(pki_dir: Path, tmp_path: Path) -> None:
+def test_a_job_of_many_rounds_survives_a_coordinator_and_a_node_sigkill(
+    pki_dir: Path, tmp_path: Path
+) -> None:
     db = f"sqlite:///{tmp_path / 'coordinator.db'}"
     port_file = tmp_path / "port"
 

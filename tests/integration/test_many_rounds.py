@@ -72,8 +72,8 @@ def test_rounds_chain_on_released_results_and_charges_add_up(fed: Federation) ->
     result = doc["result"]
     assert result["rounds_run"] == 6 and len(result["rounds"]) == 6
     # Every round started from the previous round's released theta (public post-processing).
-    thetas = [r["theta"] for r in result["round_results"]]
-    steps = [r["metric"]["theta"] for r in result["rounds"]]
+    thetas = [r["theta"][0] for r in result["round_results"]]
+    steps = [r["metric"]["theta_mean"] for r in result["rounds"]]
     assert thetas[1:] == pytest.approx(steps[:-1])
     assert 0 < result["estimate"] < 200
     per_round = rho_total(spec) / 6

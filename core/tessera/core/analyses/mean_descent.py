@@ -1,16 +1,18 @@
-"""``mean_descent``: DP gradient descent towards the mean of a clipped numeric field.
+"""``mean_descent``: DP gradient descent towards the mean of a clipped numeric field, per group.
 
-The smallest real program of many rounds, and the one the job machinery is tested with: it
-minimises ``Σ_i (x_i - θ)²/2`` over the consortium's customers by gradient steps. Round ``k``
-releases, under distributed discrete-Gaussian noise, the number of customers with a value and the
-sum of their gradients ``θ_k - clip(x_i)`` at the public ``θ_k`` the previous round produced; the
-driver then steps ``θ_{k+1} = θ_k - learning_rate · G/C`` (post-processing) and stops after
-``rounds`` rounds or as soon as a step moves ``θ`` by less than ``tolerance · (upper - lower)``;
-the unspent budget is then freed.
+The smallest real program of many rounds, and the one the job machinery is tested and
+benchmarked with: it minimises ``Σ_i (x_i - θ_g)²/2`` over the consortium's customers by gradient
+steps, one ``θ_g`` per public group (``group_by``/``groups``, or one group). Round ``k`` releases,
+under distributed discrete-Gaussian noise, each group's number of customers with a value and the
+sum of their gradients ``θ_g - clip(x_i)`` at the public ``θ`` the previous round produced; the
+driver then steps ``θ_g <- θ_g - learning_rate · G_g/C_g`` (post-processing; a suppressed group
+keeps its ``θ_g``) and stops after ``rounds`` rounds or as soon as no group moves by more than
+``tolerance · (upper - lower)``; the unspent budget is then freed.
 
 Unit of privacy: one customer — all of its rows made one value by ``per_customer`` (default
-``sum``) — contributes 1 to the count and one gradient of magnitude at most ``upper - lower``
-(``θ`` is kept inside ``[lower, upper]``) per round: L1 = L2 = L∞ per part.
+``sum``) in each of at most ``max_groups_per_customer`` groups (default 1) — adds at most 1 to a
+group's count and one gradient of magnitude at most ``upper - lower`` (``θ`` stays inside
+``[lower, upper]``) to each group it touches: with ``k`` groups, L1 = k and L2 = √k per unit.
 Budget: ``ρ_total / rounds`` per round, half to each part.
 """
 
@@ -33,14 +35,25 @@ from tessera.core.types import FieldSchema, JobSpec
 
 INFO = AnalysisInfo(
     name="mean_descent",
-    description="DP gradient descent to the mean of a clipped numeric field (a program of many rounds)",
+    description="DP gradient descent to the mean of a clipped numeric field per group (many rounds)",
     differentially_private=True,
     resumable=True,
     stages=v.DP_STAGES,
     min_nodes=3,
 )
 VALUE_BITS = 24
-_PARAMS = frozenset({"field", "lower", "upper", "rounds", "learning_rate", "tolerance", "per_customer"})
+_PARAMS = frozenset(
+    {
+        "field",
+        "lower",
+        "upper",
+        "rounds",
+        "learning_rate",
+        "tolerance",
+        "per_customer",
+        "max_groups_per_customer",
+    }
+)
 
 
 def max_rounds(spec: JobSpec) -> int:
@@ -61,16 +74,27 @@ def _tolerance(spec: JobSpec) -> float:
     return tol
 
 
+def _group_count(spec: JobSpec) -> int:
+    groups = spec.params.get("groups")
+    return len(groups) + 1 if isinstance(groups, tuple) else 1  # the listed groups and "other"
+
+
 def start(spec: JobSpec) -> Public:
     lower, upper = p.bounds(spec)
-    return {"theta": (lower + upper) / 2}
+    return {"theta": [(lower + upper) / 2] * _group_count(spec)}
 
 
-def _theta(public: Public, lower: float, upper: float) -> float:
+def _theta(public: Public, lower: float, upper: float, groups: int) -> list[float]:
     theta = public.get("theta")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not lower <= theta <= upper:
-        raise InvalidRequest("the round's public input needs 'theta' inside [lower, upper]")
-    return float(theta)
+    if (
+        not isinstance(theta, list)
+        or len(theta) != groups
+        or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and lower <= x <= upper for x in theta
+        )
+    ):
+        raise InvalidRequest("the round's public input needs one 'theta' per group, inside [lower, upper]")
+    return [float(x) for x in theta]
 
 
 def plan(
@@ -82,10 +106,8 @@ def plan(
     round_no: int = 1,
     public: Public | None = None,
 ) -> v.VectorPlan:
-    """Round ``round_no``'s plan: count and gradient sum, ρ_total/rounds split evenly (no data)."""
-    p.check_params(spec, _PARAMS - p.GROUP_PARAMS)
-    if "group_by" in spec.params:
-        raise InvalidRequest("mean_descent does not group its results")
+    """Round ``round_no``'s plan: counts and gradient sums per group, ρ_total/rounds (no data)."""
+    p.check_params(spec, _PARAMS)
     p.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
     rounds = max_rounds(spec)
     if not 1 <= round_no <= rounds:
@@ -93,29 +115,51 @@ def plan(
     _learning_rate(spec)
     _tolerance(spec)
     field = p.value_field(spec, fields, numeric=True)
-    bound = p.contribution(spec, fields, groups=1, values=True, rows_allowed=False)
+    groups = p.grouping(spec, fields)
+    size = len(groups.labels)
+    bound = p.contribution(spec, fields, groups=size, values=True, rows_allowed=False)
     lower, upper = p.bounds(spec)
-    theta = _theta(start(spec) if public is None else public, lower, upper)
+    theta = _theta(start(spec) if public is None else public, lower, upper, size)
     rho = rho_total(spec) / rounds
     width = upper - lower  # |θ - clip(x)| <= width because θ stays inside [lower, upper]
     scale = fixed_point_scale(clip_bound=width, value_bits=VALUE_BITS)
     top = 2 ** (VALUE_BITS - 1) - 1
-    t = survivors_t
-    count = v.make_part("count", start=0, stop=1, scale=1.0, linf_bound=1, rho=rho / 2, survivors_t=t)
-    grad = v.make_part("grad", start=1, stop=2, scale=scale, linf_bound=top, rho=rho / 2, survivors_t=t)
+    k, t = bound.groups_cap, survivors_t
+    count = v.make_part(
+        "count",
+        start=0,
+        stop=size,
+        scale=1.0,
+        linf_bound=1,
+        l1=k,
+        l2=math.sqrt(k),
+        rho=rho / 2,
+        survivors_t=t,
+    )
+    grad = v.make_part(
+        "grad",
+        start=size,
+        stop=2 * size,
+        scale=scale,
+        linf_bound=top,
+        l1=k * top,
+        l2=math.sqrt(k) * top,
+        rho=rho / 2,
+        survivors_t=t,
+    )
     return v.VectorPlan(
         analysis=INFO.name,
         dataset=spec.dataset,
-        fields=p.touched(bound.customer_key, field.name),
-        length=2,
+        fields=p.touched(bound.customer_key, field.name, groups.field),
+        length=2 * size,
         parts=(count, grad),
         layout={
             "field": field.name,
-            "group_by": None,
-            "groups": (p.ALL,),
+            "group_by": groups.field,
+            "groups": groups.labels,
             "lower": lower,
             "upper": upper,
-            "theta": theta,
+            "theta": tuple(theta),
             "round": round_no,
             "contribution": bound.as_layout(),
         },
@@ -127,67 +171,83 @@ def plan(
     )
 
 
-def _gradients(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
-    """One gradient per customer with a value: its rows become one value (``per_customer``)."""
+def _gradients(plan: v.VectorPlan, data: Mapping[str, Any]) -> tuple[v.IntArray, v.FloatArray]:
+    """Group and gradient of every kept (customer, group) with a value (its rows as one value)."""
     layout = plan.layout
     values = c.numeric(data, layout["field"])
-    _, value = c.per_customer_values(plan, data, values=values, eligible=~np.isnan(values))
+    idx, value = c.per_customer_values(plan, data, values=values, eligible=~np.isnan(values))
     width = layout["upper"] - layout["lower"]
+    theta = np.asarray(layout["theta"], dtype=np.float64)
     grads: v.FloatArray = np.clip(
-        layout["theta"] - np.clip(value, layout["lower"], layout["upper"]), -width, width
+        theta[idx] - np.clip(value, layout["lower"], layout["upper"]), -width, width
     )
-    return grads
+    return idx, grads
 
 
 def local_vector(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:
-    grads = _gradients(plan, data)
-    quantised = stochastic_round(grads, scale=plan.part("grad").scale, rng=rng)
-    return np.array([grads.size, int(quantised.sum())], dtype=np.int64)
+    idx, grads = _gradients(plan, data)
+    size = plan.length // 2
+    out = np.zeros(plan.length, dtype=np.int64)
+    out[:size] = np.bincount(idx, minlength=size)
+    np.add.at(out[size:], idx, stochastic_round(grads, scale=plan.part("grad").scale, rng=rng))
+    return out
 
 
 def exact(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
-    grads = _gradients(plan, data)
-    return np.array([float(grads.size), float(grads.sum())])
+    idx, grads = _gradients(plan, data)
+    size = plan.length // 2
+    out = np.zeros(plan.length, dtype=np.float64)
+    out[:size] = np.bincount(idx, minlength=size)
+    out[size:] = np.bincount(idx, weights=grads, minlength=size)
+    return out
 
 
 def release(plan: v.VectorPlan, total: Any, *, summands: int, min_cohort_size: int) -> dict[str, Any]:
-    """The round's noisy count and gradient sum with 95% intervals (suppressed below the floor)."""
+    """Each group's noisy count and gradient sum with 95% intervals (suppressed below the floor)."""
     noisy = v.check_total(plan, total, summands=summands)
     doc = v.header(plan, summands=summands, min_cohort_size=min_cohort_size)
-    count_part, grad_part = plan.part("count"), plan.part("grad")
-    count, suppressed = v.count_estimate(
-        float(noisy[0]), v.half_width(plan, count_part, summands=summands), min_cohort_size=min_cohort_size
-    )
-    grad = None
-    if not suppressed:
-        grad = v.estimate(float(noisy[1]) / grad_part.scale, v.half_width(plan, grad_part, summands=summands))
-    doc["theta"] = plan.layout["theta"]
+    count_half = v.half_width(plan, plan.part("count"), summands=summands)
+    grad_part = plan.part("grad")
+    grad_half = v.half_width(plan, grad_part, summands=summands)
+    size = plan.length // 2
+    for g, label in enumerate(plan.layout["groups"]):
+        count, suppressed = v.count_estimate(float(noisy[g]), count_half, min_cohort_size=min_cohort_size)
+        grad = None if suppressed else v.estimate(float(noisy[size + g]) / grad_part.scale, grad_half)
+        doc["cells"].append({"group": label, "count": count, "gradient_sum": grad, "suppressed": suppressed})
+    doc["theta"] = list(plan.layout["theta"])
     doc["round"] = plan.layout["round"]
-    doc["cells"].append({"group": p.ALL, "count": count, "gradient_sum": grad, "suppressed": suppressed})
     return doc
 
 
 def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, Any]) -> Step:
-    """``θ <- θ - rate·G/C`` kept inside the bounds; stops at the last round or a small step."""
+    """``θ_g <- θ_g - rate·G_g/C_g`` kept inside the bounds; stops at the last round or small steps."""
     lower, upper = p.bounds(spec)
-    theta = _theta(public, lower, upper)
-    cell = released["cells"][0]
-    if cell["suppressed"] or cell["count"]["value"] <= 0:
-        raise InvalidRequest("too few customers to take a gradient step (the round was suppressed)")
-    mean_gradient = cell["gradient_sum"]["value"] / cell["count"]["value"]
-    new = min(max(theta - _learning_rate(spec) * mean_gradient, lower), upper)
-    moved = abs(new - theta)
-    metric = {"theta": new, "step": moved}
-    if round_no >= max_rounds(spec) or moved < _tolerance(spec) * (upper - lower):
-        result = {
+    cells = released["cells"]
+    theta = _theta(public, lower, upper, len(cells))
+    rate = _learning_rate(spec)
+    new = list(theta)
+    for g, cell in enumerate(cells):
+        if cell["suppressed"] or cell["count"]["value"] <= 0:
+            continue  # too few customers in the group to step on: keep its θ
+        mean_gradient = cell["gradient_sum"]["value"] / cell["count"]["value"]
+        new[g] = min(max(theta[g] - rate * mean_gradient, lower), upper)
+    if not all(math.isfinite(x) for x in new):
+        raise InvalidRequest("the gradient step left the finite numbers")
+    moved = max(abs(a - b) for a, b in zip(new, theta, strict=True))
+    metric = {"step": moved, "theta_mean": sum(new) / len(new)}
+    converged = moved < _tolerance(spec) * (upper - lower)
+    if round_no >= max_rounds(spec) or converged:
+        labels = [cell["group"] for cell in cells]
+        result: dict[str, Any] = {
             "analysis": INFO.name,
             "dataset": spec.dataset,
             "field": released["field"],
-            "estimate": new,
+            "group_by": released.get("group_by"),
+            "estimates": dict(zip(labels, new, strict=True)),
             "rounds_run": round_no,
-            "converged": moved < _tolerance(spec) * (upper - lower),
+            "converged": converged,
         }
+        if len(new) == 1:
+            result["estimate"] = new[0]
         return Step(next_public=None, result=result, metric=metric)
-    if not math.isfinite(new):
-        raise InvalidRequest("the gradient step left the finite numbers")
     return Step(next_public={"theta": new}, result=None, metric=metric)

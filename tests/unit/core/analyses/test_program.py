@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,10 @@ from tessera.core.analyses.vector import add_noise
 from tessera.core.errors import InvalidRequest
 from tessera.core.types import FieldSchema, JobSpec, Tier
 
-FIELDS = {"spend": FieldSchema(name="spend", type="float", tier=Tier.GENERAL_SENSITIVE)}
+FIELDS = {
+    "spend": FieldSchema(name="spend", type="float", tier=Tier.GENERAL_SENSITIVE),
+    "region": FieldSchema(name="region", type="category", tier=Tier.NON_SENSITIVE),
+}
 
 
 def _spec(**params: object) -> JobSpec:
@@ -22,7 +27,7 @@ def _spec(**params: object) -> JobSpec:
     )
 
 
-def _run(spec: JobSpec, nodes: list[np.ndarray], rng: np.random.Generator) -> tuple[list[Step], float]:
+def _run(spec: JobSpec, nodes: list[Any], rng: np.random.Generator) -> tuple[list[Step], float]:
     program = get_program(spec.analysis)
     public = program.start(spec)
     steps: list[Step] = []
@@ -33,7 +38,10 @@ def _run(spec: JobSpec, nodes: list[np.ndarray], rng: np.random.Generator) -> tu
         )
         spent += plan.rho
         total = sum(
-            add_noise(plan, program.local_vector(plan, {"spend": x}, rng=rng), rng=rng) for x in nodes
+            add_noise(
+                plan, program.local_vector(plan, x if isinstance(x, dict) else {"spend": x}, rng=rng), rng=rng
+            )
+            for x in nodes
         )
         released = program.release(plan, np.asarray(total), summands=len(nodes), min_cohort_size=10)
         step = program.step(spec, round_no=round_no, public=public, released=released)
@@ -57,6 +65,25 @@ def test_mean_descent_converges_to_the_mean_and_spends_at_most_its_budget() -> N
     assert spent == pytest.approx(rho_total(spec))
 
 
+def test_mean_descent_steps_each_group_towards_its_own_mean() -> None:
+    rng = np.random.default_rng(9)
+    regions = np.array(["north", "south", "east"], dtype=object)
+    nodes = []
+    for _ in range(3):
+        region = regions[rng.integers(0, 3, size=3000)]
+        spend = np.where(region == "north", 20.0, np.where(region == "south", 50.0, 80.0)) + rng.normal(
+            0, 5, 3000
+        )
+        nodes.append({"spend": spend, "region": region})
+    spec = _spec(group_by="region", groups=("north", "south", "east"), rounds=15)
+    steps, _ = _run(spec, nodes, rng)
+    result = steps[-1].result
+    assert result is not None
+    for label, truth in (("north", 20.0), ("south", 50.0), ("east", 80.0)):
+        assert result["estimates"][label] == pytest.approx(truth, abs=1.0)
+    assert result["estimates"]["other"] == 50.0  # nobody there: suppressed every round, never moved
+
+
 def test_mean_descent_stops_early_and_leaves_budget_unspent() -> None:
     rng = np.random.default_rng(8)
     nodes = [rng.uniform(10, 90, size=4000) for _ in range(3)]
@@ -70,15 +97,17 @@ def test_mean_descent_stops_early_and_leaves_budget_unspent() -> None:
 def test_each_round_is_priced_from_the_spec_alone() -> None:
     spec = _spec(rounds=4)
     plans = [
-        mean_descent.plan(spec, FIELDS, survivors_t=3, n_nodes=3, round_no=r, public={"theta": 50.0})
+        mean_descent.plan(spec, FIELDS, survivors_t=3, n_nodes=3, round_no=r, public={"theta": [50.0]})
         for r in range(1, 5)
     ]
     assert sum(p.rho for p in plans) == pytest.approx(rho_total(spec))
     with pytest.raises(InvalidRequest, match="outside"):
-        mean_descent.plan(spec, FIELDS, survivors_t=3, n_nodes=3, round_no=5, public={"theta": 50.0})
+        mean_descent.plan(spec, FIELDS, survivors_t=3, n_nodes=3, round_no=5, public={"theta": [50.0]})
 
 
-@pytest.mark.parametrize("public", [{"theta": 500.0}, {"theta": "x"}, {}, {"theta": True}])
+@pytest.mark.parametrize(
+    "public", [{"theta": [500.0]}, {"theta": ["x"]}, {}, {"theta": [True]}, {"theta": [1.0, 2.0]}]
+)
 def test_a_lying_coordinator_cannot_move_theta_outside_the_bounds(public: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         mean_descent.plan(_spec(), FIELDS, survivors_t=3, n_nodes=3, round_no=1, public=public)
