@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -77,6 +78,10 @@ class _Job:
     n_nodes: int
     plan: VectorPlan | None = None
     touched: float = field(default_factory=time.monotonic)
+    # The job's data, read at its first masked input and reused by its later rounds: every round of
+    # a job sees one snapshot (a model is fitted to one population), and is not re-read 30 times.
+    columns: dict[str, np.ndarray] | None = None
+    columns_key: tuple[str, tuple[str, ...]] | None = None
 
 
 class DpRunner:
@@ -250,7 +255,10 @@ class DpRunner:
         )
         state.plan = plan
         config = state.client.config
-        columns = read_for_plan(self.data, state.spec.dataset, plan.fields)
+        key = (state.spec.dataset, tuple(plan.fields))
+        if state.columns is None or state.columns_key != key:
+            state.columns, state.columns_key = read_for_plan(self.data, *key), key
+        columns = state.columns
         population = customers_in(plan, columns)
         if population > state.setup.max_customers:
             # The modulus was sized for the declared population: more customers could wrap the sum.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,9 @@ log = logging.getLogger("tessera.coordinator.jobs")
 HARD_MIN_PARTICIPANTS = 3  # with two nodes an aggregate reveals the other node's vector
 DEFAULT_MAX_CUSTOMERS = 10_000_000  # per node, sizes the modular bit width of DP rounds
 END_CODEC = "job/end"
+# A DP stage reports each answer as progress only once it has run this long: a round of three
+# quick stages would otherwise write a progress event per node per stage.
+PROGRESS_AFTER_S = 0.25
 
 
 class JobService:
@@ -66,6 +70,7 @@ class JobService:
         # racing to finish the same stage.
         self._lock = threading.RLock()
         self._dp: dict[str, DpJob] = {}
+        self._stage_started: dict[str, float] = {}  # job -> when its open DP stage began (monotonic)
 
     # -- analyst side ---------------------------------------------------------------------------
 
@@ -111,7 +116,7 @@ class JobService:
                 status_detail=reason,
                 event=reason,
             )
-            dp_job = self._dp.pop(job_id, None)
+            dp_job = self._drop_dp(job_id)
             if dp_job is not None:
                 self._send_end(job, dp_job.state.live, self.clock())
             self.store.audit(
@@ -225,9 +230,11 @@ class JobService:
         return self._hand_out(job, dp_job, dp_job.begin_epoch(), now)
 
     def _hand_out(self, job: JobRecord, dp_job: DpJob, tasks: Tasks, now: datetime) -> JobRecord:
-        if tasks.stage in (Stage.ADVERTISE_KEYS, Stage.MASKED_INPUT):  # idempotent per round
-            self.store.start_round(job.job_id, round=tasks.round, rho=dp_job.plan_rho, now=now)
+        if tasks.stage is Stage.ADVERTISE_KEYS:  # a new key epoch: its number must survive a restart
             self.store.save_driver_state(job.job_id, dp_job.state.to_json())
+        if tasks.stage is Stage.ADVERTISE_KEYS or tasks.round != job.round:  # idempotent per round
+            self.store.start_round(job.job_id, round=tasks.round, rho=dp_job.plan_rho, now=now)
+        self._stage_started[job.job_id] = time.monotonic()
         nodes = sorted(tasks.inputs)
         self.store.add_tasks(
             job.job_id,
@@ -327,6 +334,9 @@ class JobService:
         stage = tasks[0].stage if tasks else Stage.LOCAL_REPORT
         if len(closed) < len(tasks) and not force:
             waiting = len(tasks) - len(closed)
+            started = self._stage_started.get(job_id)
+            if started is not None and time.monotonic() - started < PROGRESS_AFTER_S:
+                return  # a quick stage: its close is news enough, a write per answer is not
             self.store.update_job(
                 job_id,
                 now=now,
@@ -399,7 +409,7 @@ class JobService:
                 )
             self._hand_out(job, dp_job, nxt, now)
             return
-        del self._dp[job.job_id]
+        self._drop_dp(job.job_id)
         assert done.step.result is not None
         result = dict(done.step.result)
         result |= self._job_trailer(job, dp_job, done)
@@ -498,6 +508,10 @@ class JobService:
         )
         log.info("job succeeded job=%s reports=%d vetoes=%d", job.job_id, len(reports), len(vetoes))
 
+    def _drop_dp(self, job_id: str) -> DpJob | None:
+        self._stage_started.pop(job_id, None)
+        return self._dp.pop(job_id, None)
+
     def _charged_text(self, job_id: str) -> str:
         """A true sentence about what the job's nodes were charged (from the answered inputs)."""
         charged: dict[int, set[str]] = {}
@@ -516,7 +530,7 @@ class JobService:
         return "; ".join(parts)
 
     def _fail(self, job_id: str, reason: str, now: datetime) -> None:
-        dp_job = self._dp.pop(job_id, None)
+        dp_job = self._drop_dp(job_id)
         if dp_job is not None:
             reason = f"{reason} ({self._charged_text(job_id)})"
         job = self.store.update_job(
@@ -620,7 +634,7 @@ class JobService:
                         self.store.update_job(job.job_id, now=now, event="coordinator restarted; job resumes")
                         self._advance(job.job_id)
                 except TesseraError as exc:
-                    self._dp.pop(job.job_id, None)
+                    self._drop_dp(job.job_id)
                     self._fail(
                         job.job_id, f"the coordinator restarted and the job cannot go on: {exc.message}", now
                     )
