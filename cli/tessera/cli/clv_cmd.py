@@ -26,7 +26,7 @@ from tessera.core.analyses.params import CUSTOMER_KEY
 from tessera.core.errors import InvalidRequest
 
 # The derived fields --store writes (each must be classified in the policy's `customers`).
-STORED = ("expected_purchases", "p_alive", "expected_spend", "clv")
+STORED = cp.DERIVED_FIELDS
 
 ModelFile = Annotated[
     Path, typer.Option("--model", help="A clv_fit job result (JSON, as `tessera job result --json` prints).")

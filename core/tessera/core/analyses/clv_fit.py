@@ -498,11 +498,16 @@ def _covariance(info: np.ndarray, metric: np.ndarray, grad_sd: float) -> np.ndar
 
 
 def _estimates(names: tuple[str, ...], theta: list[float], cov: list[list[float]]) -> dict[str, Any]:
+    """Each parameter with its 95% interval on the log scale, cut to the public box."""
     sd = np.sqrt(np.maximum(np.diag(np.asarray(cov)), 0.0))
+
+    def bound(x: float) -> float:
+        return math.exp(min(max(x, LOG_LOW), LOG_HIGH))
+
     return {
         name: {
             "value": math.exp(t),
-            "ci95": [math.exp(t - v.Z95 * s), math.exp(t + v.Z95 * s)],
+            "ci95": [bound(t - v.Z95 * s), bound(t + v.Z95 * s)],
         }
         for name, t, s in zip(names, theta, sd, strict=True)
     }

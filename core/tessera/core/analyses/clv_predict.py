@@ -29,6 +29,8 @@ from tessera.core.errors import InvalidRequest
 
 FloatArray = npt.NDArray[np.float64]
 WEEKS_PER_YEAR = 365.25 / 7.0
+# The per-customer values `tessera node clv --store` writes as derived fields of `customers`.
+DERIVED_FIELDS = ("expected_purchases", "p_alive", "expected_spend", "clv")
 MAX_HORIZON_WEEKS = 520.0
 _HYP_TERMS = 20_000
 
