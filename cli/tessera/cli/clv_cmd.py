@@ -104,6 +104,9 @@ def clv(
         raise InvalidRequest("--horizon-weeks must be a whole number of weeks")
     state = _open(state_dir, policy, db_url)
     try:
+        if store:  # every field classified before any is written: no half-stored model
+            for name in STORED:
+                state.policy.tier_of("customers", name)
         source = state.data_source
         schema = next((s for s in source.schemas() if s.name == "transactions"), None)
         if schema is None:

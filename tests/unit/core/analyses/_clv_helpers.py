@@ -87,13 +87,17 @@ def spec(*, epsilon: float = 1.0, **params: ParamValue) -> JobSpec:
     return JobSpec(analysis="clv_fit", dataset="transactions", epsilon=epsilon, delta=1e-6, params=params)
 
 
-def run(job: JobSpec, nodes: list[dict[str, np.ndarray]], *, noise: bool, seed: int = 0) -> tuple[dict[str, Any], float]:
+def run(
+    job: JobSpec, nodes: list[dict[str, np.ndarray]], *, noise: bool, seed: int = 0
+) -> tuple[dict[str, Any], float]:
     """The program in memory, as test_program runs mean_descent: (result, ρ spent)."""
     rng = np.random.default_rng(seed)
     public = clv_fit.start(job)
     spent = 0.0
     for round_no in range(1, clv_fit.max_rounds(job) + 1):
-        plan = clv_fit.plan(job, FIELDS, survivors_t=len(nodes), n_nodes=len(nodes), round_no=round_no, public=public)
+        plan = clv_fit.plan(
+            job, FIELDS, survivors_t=len(nodes), n_nodes=len(nodes), round_no=round_no, public=public
+        )
         spent += plan.rho
         vectors = [clv_fit.local_vector(plan, d, rng=rng) for d in nodes]
         if noise:

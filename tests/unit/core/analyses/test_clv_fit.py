@@ -187,7 +187,9 @@ def test_clipping_binds_on_a_whale_and_the_exact_sums_follow_the_vector() -> Non
 # --- refusals -------------------------------------------------------------------------------------
 
 
-def _plan(fields: dict[str, FieldSchema] = FIELDS, public: dict[str, Any] | None = None, **params: Any) -> Any:
+def _plan(
+    fields: dict[str, FieldSchema] = FIELDS, public: dict[str, Any] | None = None, **params: Any
+) -> Any:
     base: dict[str, Any] = {"calibration_end": CAL}
     return clv_fit.plan(spec(**(base | params)), fields, survivors_t=3, n_nodes=3, round_no=1, public=public)
 

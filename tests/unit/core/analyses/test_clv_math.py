@@ -67,7 +67,9 @@ def test_bgnbd_log_likelihood_of_a_one_customer_case_by_hand() -> None:
     a2 = math.lgamma(a + b) + math.lgamma(b + x) - math.lgamma(b) - math.lgamma(a + b + x)
     a3 = (alpha + big_t) ** -(r + x)
     a4 = a / (b + x - 1) * (alpha + t_x) ** -(r + x)
-    ll, _, _ = cm.bgnbd_terms(np.log([r, alpha, a, b]), np.array([x]), np.array([t_x]), np.array([big_t]), order=0)
+    ll, _, _ = cm.bgnbd_terms(
+        np.log([r, alpha, a, b]), np.array([x]), np.array([t_x]), np.array([big_t]), order=0
+    )
     assert ll[0] == pytest.approx(a1 + a2 + math.log(a3 + a4), rel=1e-12)
 
 
@@ -94,7 +96,13 @@ def test_summaries_follow_the_paper_conventions() -> None:
         (8, float("nan"), 1.0),  # no time
     ]
     ids, times, amounts = (np.array(c) for c in zip(*rows, strict=True))
-    s = summarise(ids.astype(np.int64), times, amounts, calibration_end=int(d("2020-02-15")), holdout_end=int(d("2020-03-31")))
+    s = summarise(
+        ids.astype(np.int64),
+        times,
+        amounts,
+        calibration_end=int(d("2020-02-15")),
+        holdout_end=int(d("2020-03-31")),
+    )
     assert s.customer.tolist() == [5, 6]
     assert s.x.tolist() == [2.0, 0.0]
     assert s.t_x.tolist() == [4.0, 0.0]  # 28 days
@@ -111,7 +119,9 @@ def test_dates_must_be_iso(text: str) -> None:
 
 def test_cdnow_sample_reproduces_the_paper_summaries_and_log_likelihood() -> None:
     data = cdnow("CDNOW_sample.txt")
-    s = summarise(data["customer"], data["time"], data["amount"], calibration_end=day_number("1997-09-30", "c"))
+    s = summarise(
+        data["customer"], data["time"], data["amount"], calibration_end=day_number("1997-09-30", "c")
+    )
     assert s.size == 2357 and s.x.sum() == 2457  # the paper's calibration repeat purchases
     ll, _, _ = cm.bgnbd_terms(np.log([0.243, 4.414, 0.793, 2.426]), s.x, s.t_x, s.big_t, order=0)
     assert ll.sum() == pytest.approx(-9582.4, abs=0.05)  # FHL 2005, section 5

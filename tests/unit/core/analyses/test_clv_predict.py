@@ -59,7 +59,9 @@ def test_spend_is_the_credibility_weighted_mean_and_clv_adds_discounted_weeks() 
     assert np.allclose(spend[1:], weight * population + (1 - weight) * M[1:])
     flat = cp.clv(BG, GG, horizon_weeks=52, annual_discount_rate=0.0, x=X, t_x=TX, big_t=T, mean_spend=M)
     assert np.allclose(flat, spend * cp.expected_purchases(BG, 52.0, X, TX, T))
-    discounted = cp.clv(BG, GG, horizon_weeks=52, annual_discount_rate=0.1, x=X, t_x=TX, big_t=T, mean_spend=M)
+    discounted = cp.clv(
+        BG, GG, horizon_weeks=52, annual_discount_rate=0.1, x=X, t_x=TX, big_t=T, mean_spend=M
+    )
     assert np.all(discounted < flat) and np.all(discounted > flat / 1.1)
 
 
@@ -70,9 +72,20 @@ def test_predictions_at_each_node_equal_the_central_computation() -> None:
     def predict(d: dict[str, np.ndarray]) -> dict[int, tuple[float, float, float]]:
         s = summarise(d["customer"], d["time"], d["amount"], calibration_end=cal)
         e = cp.expected_purchases(BG, 26.0, s.x, s.t_x, s.big_t)
-        v = cp.clv(BG, GG, horizon_weeks=26, annual_discount_rate=0.05, x=s.x, t_x=s.t_x, big_t=s.big_t, mean_spend=s.mean_spend)
+        v = cp.clv(
+            BG,
+            GG,
+            horizon_weeks=26,
+            annual_discount_rate=0.05,
+            x=s.x,
+            t_x=s.t_x,
+            big_t=s.big_t,
+            mean_spend=s.mean_spend,
+        )
         pa = cp.p_alive(BG, s.x, s.t_x, s.big_t)
-        return dict(zip(s.customer.tolist(), zip(e.tolist(), v.tolist(), pa.tolist(), strict=True), strict=True))
+        return dict(
+            zip(s.customer.tolist(), zip(e.tolist(), v.tolist(), pa.tolist(), strict=True), strict=True)
+        )
 
     local: dict[int, tuple[float, float, float]] = {}
     for node in split(data, 3):
@@ -84,7 +97,13 @@ def test_predictions_at_each_node_equal_the_central_computation() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [(0.2, 4.0, 0.8), (-0.2, 4.0, 0.8, 2.0), (0.2, math.nan, 0.8, 2.0), (0.2, 4.0, 0.8, 1e12), (0.2, True, 0.8, 2.0)],
+    [
+        (0.2, 4.0, 0.8),
+        (-0.2, 4.0, 0.8, 2.0),
+        (0.2, math.nan, 0.8, 2.0),
+        (0.2, 4.0, 0.8, 1e12),
+        (0.2, True, 0.8, 2.0),
+    ],
 )
 def test_absurd_bgnbd_parameters_are_refused(bad: tuple[float, ...]) -> None:
     with pytest.raises(InvalidRequest):
@@ -104,7 +123,9 @@ def _result() -> dict[str, object]:
     names = {"bgnbd": ("r", "alpha", "a", "b"), "gamma_gamma": ("p", "q", "gamma")}
     doc: dict[str, object] = {"analysis": "clv_fit", "time_unit": "week"}
     for section, values in (("bgnbd", BG), ("gamma_gamma", GG)):
-        doc[section] = {n: {"value": v, "ci95": [v / 2, v * 2]} for n, v in zip(names[section], values, strict=True)}
+        doc[section] = {
+            n: {"value": v, "ci95": [v / 2, v * 2]} for n, v in zip(names[section], values, strict=True)
+        }
     return doc
 
 
