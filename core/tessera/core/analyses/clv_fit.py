@@ -47,6 +47,7 @@ from tessera.core.analyses import contribution as c
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
+from tessera.core.analyses.clv_newton import LOG_HIGH, LOG_LOW, covariance, estimates, newton_step
 from tessera.core.analyses.clv_summary import DAYS_PER_WEEK, Summary, day_number, summarise
 from tessera.core.analyses.program import Public, Step, rho_total
 from tessera.core.dp import fixed_point_scale, stochastic_round
@@ -63,9 +64,6 @@ INFO = AnalysisInfo(
 )
 VALUE_BITS = 24
 MAX_FIT_ROUNDS = 40
-LOG_LOW, LOG_HIGH = math.log(1e-4), math.log(1e6)  # the public box of every parameter
-EIGEN_FLOOR = 0.1  # least whitened information per customer (n·I expected near the optimum)
-MAX_STEP = 1.5  # most a Newton step moves one log-parameter (a factor e^1.5 ≈ 4.5)
 START_BGNBD = (1.0, 10.0, 1.0, 1.0)  # r, α (weeks), a, b: data-free
 START_GG = (1.0, 2.0, 10.0)  # p, q, γ (currency units)
 CHECK_SHARE = 0.1
@@ -463,56 +461,6 @@ def release(plan: v.VectorPlan, total: Any, *, summands: int, min_cohort_size: i
     return doc
 
 
-def _newton(
-    theta: tuple[float, ...], metric: np.ndarray, grad_z: list[float], hess_z: list[float], count: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """One damped Newton step from the whitened noisy sums: (θ', next metric, information, step).
-
-    In whitened coordinates the information is ≈ n·I near the optimum, so its eigenvalues are
-    made positive and floored at ``EIGEN_FLOOR·n``: a noisy or non-concave direction takes a short
-    step instead of a wild one. The step is then capped at ``MAX_STEP`` per log-parameter.
-    """
-    d = len(theta)
-    n = max(count, 1.0)
-    inv = np.linalg.inv(metric)
-    info_z = -cm.unpack(np.asarray(hess_z), d)
-    values, vectors = np.linalg.eigh((info_z + info_z.T) / 2)
-    info_z = vectors @ np.diag(np.maximum(np.abs(values), EIGEN_FLOOR * n)) @ vectors.T
-    info = inv @ info_z @ inv.T
-    step = np.linalg.solve(info, inv @ np.asarray(grad_z))
-    biggest = float(np.max(np.abs(step)))
-    if biggest > MAX_STEP:
-        step *= MAX_STEP / biggest
-    new = np.clip(np.asarray(theta) + step, LOG_LOW, LOG_HIGH)
-    values, vectors = np.linalg.eigh((info + info.T) / 2)
-    next_metric = vectors @ np.diag(np.sqrt(n / values)) @ vectors.T
-    next_metric = np.clip(next_metric, -1e6, 1e6)
-    return new, next_metric, info, float(np.max(np.abs(new - np.asarray(theta))))
-
-
-def _covariance(info: np.ndarray, metric: np.ndarray, grad_sd: float) -> np.ndarray:
-    """Cov(θ̂) ≈ I⁻¹ (sampling, from the noisy Hessian) + I⁻¹ M⁻¹ σ² M⁻ᵀ I⁻¹ (the last step's noise)."""
-    inv_info = np.linalg.inv(info)
-    inv_m = np.linalg.inv(metric)
-    return np.asarray(inv_info + grad_sd**2 * inv_info @ inv_m @ inv_m.T @ inv_info)
-
-
-def _estimates(names: tuple[str, ...], theta: list[float], cov: list[list[float]]) -> dict[str, Any]:
-    """Each parameter with its 95% interval on the log scale, cut to the public box."""
-    sd = np.sqrt(np.maximum(np.diag(np.asarray(cov)), 0.0))
-
-    def bound(x: float) -> float:
-        return math.exp(min(max(x, LOG_LOW), LOG_HIGH))
-
-    return {
-        name: {
-            "value": math.exp(t),
-            "ci95": [bound(t - v.Z95 * s), bound(t + v.Z95 * s)],
-        }
-        for name, t, s in zip(names, theta, sd, strict=True)
-    }
-
-
 def _model(spec: JobSpec, public: Public, rounds_run: int) -> dict[str, Any]:
     return {
         "analysis": INFO.name,
@@ -520,8 +468,8 @@ def _model(spec: JobSpec, public: Public, rounds_run: int) -> dict[str, Any]:
         "time_unit": "week",
         "calibration_end": spec.params["calibration_end"],
         "holdout_end": spec.params.get("holdout_end"),
-        "bgnbd": _estimates(cm.BGNBD_PARAMS, public["bgnbd"], public["bgnbd_cov"]),
-        "gamma_gamma": _estimates(cm.GG_PARAMS, public["gg"], public["gg_cov"]),
+        "bgnbd": estimates(cm.BGNBD_PARAMS, public["bgnbd"], public["bgnbd_cov"]),
+        "gamma_gamma": estimates(cm.GG_PARAMS, public["gg"], public["gg_cov"]),
         "intervals": (
             "95%, on the log scale (delta method): the inverse observed information from the last "
             "round's noisy Hessian plus the last Newton step's DP noise; clipping bias not included"
@@ -580,12 +528,12 @@ def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, An
         theta = _theta(public, model, len(names))
         m = _matrix(public, f"{model}_metric", len(names))
         count = n if model == "bgnbd" else n_repeat
-        new, next_m, info, moved = _newton(
+        new, next_m, info, moved = newton_step(
             theta, m, sums[f"{model}_grad"]["sum"], sums[f"{model}_hess"]["sum"], count
         )
         nxt[model] = new.tolist()
         nxt[f"{model}_metric"] = next_m.tolist()
-        nxt[f"{model}_cov"] = _covariance(info, m, sums[f"{model}_grad"]["sd"]).tolist()
+        nxt[f"{model}_cov"] = covariance(info, m, sums[f"{model}_grad"]["sd"]).tolist()
         metric[f"{model}_step"] = moved
         for name, value in zip(names, new, strict=True):
             metric[f"{model}_{name}"] = math.exp(value)
