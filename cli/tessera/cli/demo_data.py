@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from tessera.core.analyses.clv_predict import DERIVED_FIELDS
 from tessera.core.errors import ConfigError
 from tessera.core.policy import Policy
 
@@ -38,7 +39,8 @@ def customer_id(seed: int, i: int) -> str:
 
 
 def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed: int) -> None:
-    """Write ``rows`` synthetic customers with exactly the columns ``policy`` classifies."""
+    """Write ``rows`` synthetic customers with exactly the columns ``policy`` classifies, except the
+    derived fields nodes compute at home (``tessera node clv --store``), which no source holds."""
     try:
         from faker import Faker
     except ImportError:
@@ -77,7 +79,7 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
             return lambda i: (today - timedelta(days=rng.randint(0, 3650))).isoformat()
         return lambda i: fake.word()
 
-    columns = [(f.name, by_type(f.name, f.type)) for f in fields]
+    columns = [(f.name, by_type(f.name, f.type)) for f in fields if f.name not in DERIVED_FIELDS]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -81,10 +81,11 @@ def read_derived(engine: sa.Engine, *, field: str) -> dict[int, float | str]:
     query = sa.select(Attribute.customer_id, Attribute.num_value, Attribute.text_value).where(
         Attribute.name == field
     )
+    out: dict[int, float | str] = {}
     with engine.connect() as conn:
-        out: dict[int, float | str] = {}
         for cid, num, text in conn.execute(query):
-            value = num if num is not None else text
-            if value is not None:
-                out[cid] = value
-        return out
+            if num is not None:
+                out[cid] = num
+            elif text is not None:  # store_derived writes a number or a text on every row
+                out[cid] = text
+    return out

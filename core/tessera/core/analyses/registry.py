@@ -52,10 +52,10 @@ VECTOR_ANALYSES: dict[str, VectorAnalysis] = _vector_analyses()
 
 
 def _programs() -> dict[str, Program]:
-    from tessera.core.analyses import mean_descent
+    from tessera.core.analyses import clv_fit, mean_descent
 
     one_round: dict[str, Program] = {name: OneRound(m) for name, m in VECTOR_ANALYSES.items()}
-    many: list[Any] = [mean_descent]
+    many: list[Any] = [mean_descent, clv_fit]
     return one_round | {m.INFO.name: m for m in many}
 
 

@@ -30,6 +30,7 @@ KNOWN_ANALYSES: tuple[str, ...] = (
     "funnel",
     "cohort_retention",
     "churn_model",
+    "clv_fit",
     "overlap",
 )
 
