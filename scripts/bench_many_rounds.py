@@ -31,11 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rounds import Federation  # noqa: E402
+from bench_rounds import Federation
 
-from tessera.cli.analyst_client import AnalystClient  # noqa: E402
-from tessera.cli.demo import ANALYST, _wait_enrolled  # noqa: E402
-from tessera.core.types import JobSpec  # noqa: E402
+from tessera.cli.analyst_client import AnalystClient
+from tessera.cli.demo import ANALYST, _wait_enrolled
+from tessera.core.types import JobSpec
 
 EPSILON, DELTA = 0.5, 1e-7
 
@@ -130,7 +130,9 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--length", type=int, default=1000)
