@@ -66,7 +66,12 @@ class Federation:
         return load_policy(POLICIES / f"{name}.yaml")
 
     def start_node(
-        self, name: str, *, policy: Policy | None = None, agent_class: type[NodeAgent] = NodeAgent
+        self,
+        name: str,
+        *,
+        policy: Policy | None = None,
+        agent_class: type[NodeAgent] = NodeAgent,
+        data: dict[str, Path] | None = None,
     ) -> NodeAgent:
         policy = policy or self.policy(name)
         csv = self.work / name / "customers.csv"
@@ -81,7 +86,7 @@ class Federation:
         )
         engine = node_engine(f"sqlite:///{self.work / name / 'ledgers.db'}")
         agent = agent_class(
-            config, policy, CsvDataSource({"customers": csv}, policy), open_ledgers(engine, policy)
+            config, policy, CsvDataSource({"customers": csv, **(data or {})}, policy), open_ledgers(engine, policy)
         )
         thread = threading.Thread(target=agent.run, name=f"node-{name}", daemon=True)
         thread.start()
