@@ -85,9 +85,8 @@ class Federation:
             backoff_max_s=0.5,
         )
         engine = node_engine(f"sqlite:///{self.work / name / 'ledgers.db'}")
-        agent = agent_class(
-            config, policy, CsvDataSource({"customers": csv, **(data or {})}, policy), open_ledgers(engine, policy)
-        )
+        source = CsvDataSource({"customers": csv, **(data or {})}, policy)
+        agent = agent_class(config, policy, source, open_ledgers(engine, policy))
         thread = threading.Thread(target=agent.run, name=f"node-{name}", daemon=True)
         thread.start()
         self.agents[name], self.threads[name] = agent, thread
