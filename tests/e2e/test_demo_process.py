@@ -36,8 +36,14 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     assert processes_mentioning(str(out)) == []
     assert port_is_free(int((out / "coordinator" / "port").read_text()))
     dp = [j for j in results["jobs"] if j["analysis"] != "inventory"]
-    assert {j["analysis"] for j in dp} == {"count", "sum", "mean", "histogram", "quantiles"}
-    assert all(j["status"] == "succeeded" and "coverage" in j["result"] for j in dp)
+    one_round = {"count", "sum", "mean", "histogram", "quantiles"}
+    assert {j["analysis"] for j in dp} == one_round | {"mean_descent", "clv_fit"}
+    assert all(j["status"] == "succeeded" for j in dp)
+    assert all("coverage" in j["result"] for j in dp if j["analysis"] in one_round)
+    (descent,) = (j["result"] for j in dp if j["analysis"] == "mean_descent")
+    assert descent["rounds_run"] == 3 and len(descent["rounds"]) == 3 and descent["true_means"]
+    (clv,) = (j["result"] for j in dp if j["analysis"] == "clv_fit")
+    assert 0.15 < clv["bgnbd"]["r"]["value"] < 0.4  # CDNOW's r is 0.243 (the paper, on its sample)
     _no_plaintext_pii_outside_the_raw_exports(out)
 
 

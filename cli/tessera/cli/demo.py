@@ -22,7 +22,7 @@ import yaml
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyst_client import AnalystClient
-from tessera.cli.demo_data import CHANNELS, write_customers, write_transactions
+from tessera.cli.demo_data import CHANNELS, append_cdnow, cdnow_purchases, write_customers, write_transactions
 from tessera.cli.demo_truth import add_truth
 from tessera.cli.job_cmd import render_result
 from tessera.client.vault.ingest import Ingestor
@@ -182,7 +182,7 @@ REGIONS = ("north", "south", "east", "west", "central")
 EPSILON, DELTA = 0.5, 1e-7  # within every example policy's per-job limits
 
 
-def _job_specs() -> list[JobSpec]:
+def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
     """Every job type that exists; later analyses add their specs here."""
     deadline = datetime.now(UTC) + timedelta(minutes=5)
 
@@ -228,7 +228,12 @@ def _job_specs() -> list[JobSpec]:
         ),
         # How many transactions customers make: one per-customer count each.
         tx("histogram", per_customer="count", lower=0.0, upper=30.0, bins=10),
-    ]
+        # A job of many rounds: each round steps every region's theta from the last released one.
+        dp("mean_descent", rounds=3, learning_rate=1.0, group_by="region", groups=REGIONS, **spend),
+    ] + (
+        # Lifetime value on the real CDNOW purchases, calibrated and held out as in FHL 2005.
+        [tx("clv_fit", calibration_end="1997-09-30", holdout_end="1998-06-30")] if with_cdnow else []
+    )
 
 
 @friendly_errors
@@ -264,6 +269,9 @@ def demo(
     console.print(f"  dev PKI: consortium CA, coordinator, {nodes} node and 2 analyst certificates")
 
     templates = policies_dir()
+    cdnow = cdnow_purchases(templates.parent)
+    if cdnow is None:
+        console.print("  [yellow]CDNOW purchases not found: the lifetime-value job is skipped[/]")
     partners: dict[str, tuple[Policy, dict[str, Path]]] = {}  # demo only: to show the true values
     written = 0
     for index, name in enumerate(names):
@@ -277,10 +285,17 @@ def demo(
         (node_dir / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         policy = load_policy(node_dir / "policy.yaml")
         raw = {"customers": node_dir / "raw" / "customers.csv"}
-        write_customers(policy, "customers", raw["customers"], rows=rows, seed=seed + index)
-        if "transactions" in {d.name for d in policy.datasets}:
+        has_transactions = "transactions" in {d.name for d in policy.datasets}
+        # Real purchases too: CDNOW's 23,570 customers dealt round-robin to the partners, as
+        # extra customers after the synthetic ones (their 1997 purchases feed clv_fit).
+        mine = [r for r in cdnow or () if r[0] % nodes == index] if has_transactions else []
+        extra = len({r[0] for r in mine})
+        write_customers(policy, "customers", raw["customers"], rows=rows + extra, seed=seed + index)
+        if has_transactions:
             raw["transactions"] = node_dir / "raw" / "transactions.csv"
             written = write_transactions(policy, raw["transactions"], customers=rows, seed=seed + index)
+            if mine:
+                append_cdnow(policy, raw["transactions"], mine, first=rows, seed=seed + index)
         partners[name] = (policy, raw)
         ingested = ingest_raw(node_dir / "state", policy, raw)
     console.print(
@@ -347,7 +362,7 @@ def demo(
         with AnalystClient.from_pki(address, pki, ANALYST) as client:
             _wait_enrolled(client, names, procs, timeout)
             console.print(f"  {nodes} nodes enrolled: {', '.join(names)}")
-            for spec in _job_specs():
+            for spec in _job_specs(with_cdnow=cdnow is not None):
                 try:
                     doc = _run_job(client, spec, timeout)
                 except TesseraError as exc:

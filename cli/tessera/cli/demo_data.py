@@ -123,3 +123,45 @@ def _phone(rng: random.Random, i: int) -> str:
     would rightly merge), written the way exports mix formats: national or international."""
     digits = f"{rng.randrange(10**5):05d}{i:04d}"  # the row number keeps every number distinct
     return f"07{digits[:3]} {digits[3:]}" if i % 2 else f"+44 7{digits[:3]} {digits[3:]}"
+
+
+def cdnow_purchases(repository: Path, name: str = "CDNOW_master.txt") -> list[tuple[int, str, str]] | None:
+    """CDNOW purchases (Fader, Hardie & Lee 2005) as (customer, ISO date, dollars) rows, from
+    ``$TESSERA_CDNOW`` or ``../shared/data/cdnow/<name>`` beside the checkout; ``None`` when
+    neither exists (the demo then skips its lifetime-value job, saying why). Reads the master
+    file (customer, date, CDs, dollars) and the sample (master id, sample id, date, CDs, dollars)."""
+    import os
+
+    env = os.environ.get("TESSERA_CDNOW")
+    path = Path(env) if env else repository.parent / "shared" / "data" / "cdnow" / name
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text(encoding="ascii").splitlines():
+        cols = line.split()
+        if len(cols) not in (4, 5) or not cols[0].isdigit():
+            continue
+        when, amount = (cols[1], cols[3]) if len(cols) == 4 else (cols[2], cols[4])
+        rows.append((int(cols[0]), f"{when[:4]}-{when[4:6]}-{when[6:]}", amount))
+    return rows
+
+
+def append_cdnow(
+    policy: Policy, path: Path, rows: list[tuple[int, str, str]], *, first: int, seed: int
+) -> int:
+    """Append CDNOW ``rows`` to a transactions CSV as customers ``first``, ``first + 1``… of the
+    partner with ``seed`` (in order of their CDNOW ids); returns how many customers they are."""
+    fields = [f.name for f in policy.schema("transactions").fields]
+    ids = sorted({cid for cid, _, _ in rows})
+    index = {cid: first + k for k, cid in enumerate(ids)}
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        for n, (cid, when, amount) in enumerate(rows):
+            # A distinct second per row keeps same-day purchases apart for idempotent ingestion.
+            values = {
+                "customer_id": customer_id(seed, index[cid]),
+                "time": f"{when}T12:{n // 60 % 60:02d}:{n % 60:02d}+00:00",
+                "amount": amount,
+            }
+            writer.writerow([values.get(name, "") for name in fields])
+    return len(ids)

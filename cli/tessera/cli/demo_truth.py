@@ -8,6 +8,7 @@ next to every released cell, so coverage of the 95% intervals can be checked fro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ def add_truth(
     The truth is bounded per customer exactly as the nodes bound it (same plan, same code, the raw
     CSVs grouped by the policy's ``customer_key``): it is the value the noise was added to.
     """
+    if spec.analysis == "mean_descent":
+        return _descent_truth(doc, spec, partners)
+    if spec.analysis == "clv_fit":
+        # For orientation: the published fit on the 1/10th sample of these customers.
+        doc["reference"] = {"source": "Fader, Hardie & Lee 2005, on the 1/10th sample", **PAPER_BGNBD}
+        return doc
     analysis = get_vector_analysis(spec.analysis)
     survivors = [n for n in doc.get("survivors", partners) if n in partners]
     sources = [CsvDataSource({spec.dataset: partners[n][1][spec.dataset]}, partners[n][0]) for n in survivors]
@@ -51,6 +58,24 @@ def add_truth(
         if "true" in ref:
             cell["true"] = ref["true"]
     doc["coverage"] = coverage(doc.get("cells", []))
+    return doc
+
+
+PAPER_BGNBD = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+_DESCENT_ONLY = ("rounds", "learning_rate", "tolerance")
+
+
+def _descent_truth(
+    doc: dict[str, Any], spec: JobSpec, partners: Mapping[str, tuple[Policy, Mapping[str, Path]]]
+) -> dict[str, Any]:
+    """Gradient descent heads for each group's mean: the truth is the exact (bounded) mean."""
+    params = {k: v for k, v in spec.params.items() if k not in _DESCENT_ONLY}
+    groups = spec.params.get("groups")
+    labels = (*groups, "other") if isinstance(groups, tuple) else ("all",)
+    cells: list[dict[str, Any]] = [{"group": g} for g in labels]
+    mean_doc: dict[str, Any] = {"survivors": doc.get("survivors", list(partners)), "cells": cells}
+    add_truth(mean_doc, replace(spec, analysis="mean", params=params), partners)
+    doc["true_means"] = {c["group"]: (c.get("true") or {}).get("mean") for c in cells}
     return doc
 
 

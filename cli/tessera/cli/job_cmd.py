@@ -165,6 +165,8 @@ def render_result(doc: dict[str, Any]) -> None:
                 console.print(f"    {dataset['name']}: " + " | ".join(groups), highlight=False)
     elif result_doc.get("cells") is not None:
         render_dp(result_doc)
+    elif result_doc.get("bgnbd"):
+        render_clv(result_doc)
     elif result_doc:
         main = {k: v for k, v in result_doc.items() if k not in _TRAILER}
         console.print_json(json.dumps(main))
@@ -198,9 +200,29 @@ _TRAILER = frozenset(
 )
 
 
+def render_clv(doc: dict[str, Any]) -> None:
+    """The fitted BG/NBD and Gamma-Gamma parameters with their 95% intervals (and a reference)."""
+    reference = doc.get("reference") or {}
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("model", "parameter", "estimate [95% interval]", "reference"):
+        table.add_column(column, justify="right")
+    for model in ("bgnbd", "gamma_gamma"):
+        for name, estimate in (doc.get(model) or {}).items():
+            ref = reference.get(name) if model == "bgnbd" else None
+            table.add_row(model, name, _estimate(estimate, digits=3), "-" if ref is None else f"{ref:g}")
+    console.print(
+        f"  clv_fit on {doc.get('customers', 0):,.0f} customers (calibration to "
+        f"{doc.get('calibration_end')}), ε={doc.get('epsilon')}, {doc.get('rounds_run')} rounds",
+        highlight=False,
+    )
+    console.print(table)
+
+
 def render_trace(doc: dict[str, Any]) -> None:
     """One row per released round: nodes summed, drops, ρ and the driver's metric."""
     metrics = sorted({k for r in doc["rounds"] for k in r["metric"]})
+    if len(metrics) > 4:  # a wide model: its step sizes say how the fit converges
+        metrics = [m for m in metrics if m.endswith("step")][:4] or metrics[:4]
     table = Table(title="rounds", show_edge=False, pad_edge=False)
     for column in ("round", "nodes", "dropped", "ρ", *metrics):
         table.add_column(column, justify="right")
@@ -215,11 +237,11 @@ def render_trace(doc: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _estimate(value: Any) -> str:
+def _estimate(value: Any, digits: int = 1) -> str:
     if not isinstance(value, dict):
         return "-"
     low, high = value["ci95"]
-    return f"{value['value']:,.1f} [{low:,.1f}, {high:,.1f}]"
+    return f"{value['value']:,.{digits}f} [{low:,.{digits}f}, {high:,.{digits}f}]"
 
 
 def render_dp(doc: dict[str, Any]) -> None:
