@@ -133,7 +133,10 @@ def _gradients(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
     values = c.numeric(data, layout["field"])
     _, value = c.per_customer_values(plan, data, values=values, eligible=~np.isnan(values))
     width = layout["upper"] - layout["lower"]
-    return np.clip(layout["theta"] - np.clip(value, layout["lower"], layout["upper"]), -width, width)
+    grads: v.FloatArray = np.clip(
+        layout["theta"] - np.clip(value, layout["lower"], layout["upper"]), -width, width
+    )
+    return grads
 
 
 def local_vector(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:
