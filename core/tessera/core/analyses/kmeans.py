@@ -1,0 +1,660 @@
+"""``kmeans``: DP k-means over per-customer features across partners; labels stay home.
+
+Features (``features``, public list): numeric fields of the job's dataset when it holds one row
+per customer (``customers``), fields of ``customers`` joined as ``customers.<field>``, and the
+derived ``rfm.recency``, ``rfm.frequency``, ``rfm.monetary`` of a transactions dataset as of
+``reference_date`` (``customer_table``). A customer missing any feature is left out of every
+round. Each feature is clipped to its public ``[lower_j, upper_j]``, optionally ``log1p``-
+transformed (``log_features``), then standardised with DP statistics and clipped to
+``±clip_sd`` (default 3) standard deviations: ``z`` lives in ``[-c, c]^d``.
+
+Rounds (ρ the job's total):
+
+1. statistics, ``stats_share``·ρ (default 0.15): customers with all features (count, L = 1;
+   0.2 of the round), sum of ``u_j`` and sum of ``u_j²`` where ``u_j`` in ``[-1, 1]`` is the
+   transformed feature rescaled from its public range (0.4 each; fixed point, L∞ = top,
+   L2 = √d·top, L1 = d·top). The driver derives the mean and standard deviation of each feature.
+2. initialisation (``init: grid``, the default), ``init_share``·ρ (default 0.15): a DP histogram
+   of the customers over a grid of ``g^d`` cells of ``[-c, c]^d`` (``g`` = 8 per axis, fewer
+   above 3 features so that at most 4096 cells; L∞ = L1 = L2 = 1). The driver keeps the cells
+   whose noisy count clears their 95% noise half-width, runs weighted k-means++ and Lloyd on the
+   cell centres (5 seeded tries, post-processing) and starts Lloyd from the best. ``init: random``
+   instead draws the k starting centroids from a public seeded N(0, I) in z (no data, no budget)
+   and gives this round's share to the iterations. The benchmark (scripts/bench_segments.py)
+   measures both: the grid coreset is why this analysis beats random starts.
+3. ``iterations`` Lloyd rounds, the rest of ρ split evenly: each customer, assigned to its
+   nearest public centroid, adds 1 to its cluster's count (0.2 of the round; L = 1) and its ``z``
+   to the cluster's sum (0.8; fixed point with ``c`` as clip bound: L∞ = top, L2 = √d·top,
+   L1 = d·top). The driver moves each centroid whose noisy count is at least 5 to ``sum/count``
+   clipped to the box; others keep their place.
+
+Refusals: unknown, core-sensitive or non-numeric features; more than 64 clusters or more than the
+grid holds; budget shares whose rounds would add up to more than the job's ρ; and too many
+clusters for the budget — a cluster needs about ``10·σ_z`` customers for its centroid's noise to
+stay under 0.1 sd per feature (σ_z: the noise sd of a cluster's sum, in sd units, central
+Gaussian approximation); with a public ``population`` estimate this is checked before anything
+runs, else after round 1 against its DP count (the job then ends having spent round 1 only).
+
+Result: centroids in original units (``z`` mapped back through the DP mean and sd and the
+transform), cluster sizes with intervals from the last round (suppressed below the cohort floor),
+the budget of every round, and a ``model`` each node applies locally (``label_customers``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tessera.core.analyses import customer_table as ct
+from tessera.core.analyses import kmeans_math as km
+from tessera.core.analyses import params as p
+from tessera.core.analyses import vector as v
+from tessera.core.analyses.base import AnalysisInfo
+from tessera.core.analyses.program import Public, Step, rho_total
+from tessera.core.dp import fixed_point_scale, stochastic_round
+from tessera.core.errors import InvalidRequest
+from tessera.core.types import FieldSchema, JobSpec
+
+INFO = AnalysisInfo(
+    name="kmeans",
+    description="DP k-means of per-customer features: DP standardisation, grid-coreset start, DP Lloyd",
+    differentially_private=True,
+    resumable=False,
+    stages=v.DP_STAGES,
+    min_nodes=3,
+)
+VALUE_BITS = 24
+MAX_K = 64
+MAX_FEATURES = 16
+MAX_ITERATIONS = 50
+GRID_CELLS = 4096
+MIN_MOVE_COUNT = 5.0
+_STATS = {"count": 0.2, "sum": 0.4, "square": 0.4}
+_LLOYD = {"count": 0.2, "sum": 0.8}
+_PARAMS = frozenset(
+    {
+        "features",
+        "lower",
+        "upper",
+        "log_features",
+        "k",
+        "iterations",
+        "init",
+        "seed",
+        "clip_sd",
+        "stats_share",
+        "init_share",
+        "population",
+        "reference_date",
+        "time_field",
+        "amount_field",
+    }
+)
+
+
+def _names(spec: JobSpec, name: str, *, required: bool) -> tuple[str, ...]:
+    value = spec.params.get(name, None if required else ())
+    if not isinstance(value, tuple) or not all(isinstance(x, str) and x for x in value):
+        raise InvalidRequest(f"parameter {name!r} must be a list of field names")
+    if len(set(value)) != len(value):
+        raise InvalidRequest(f"parameter {name!r} names a field twice")
+    return tuple(str(x) for x in value)
+
+
+def _floats(spec: JobSpec, name: str, d: int) -> tuple[float, ...]:
+    value = spec.params.get(name)
+    items: tuple[Any, ...] = value if isinstance(value, tuple) else ()
+    ok = len(items) == d and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in items
+    )
+    if not ok:
+        raise InvalidRequest(f"parameter {name!r} must list one finite number per feature ({d})")
+    return tuple(float(x) for x in items)
+
+
+def _share(spec: JobSpec, name: str, default: float) -> float:
+    value = p.number_param(spec, name, default=default)
+    if not 0 < value < 1:
+        raise InvalidRequest(f"parameter {name!r} must be in (0, 1)")
+    return value
+
+
+def grid_size(d: int) -> int:
+    """Cells per axis of the initialisation grid: 8, or fewer so that ``g^d <= 4096``."""
+    g = 8
+    while g > 1 and g**d > GRID_CELLS:
+        g -= 1
+    return g
+
+
+def _schema(spec: JobSpec, fields: Mapping[str, FieldSchema], features: tuple[str, ...]) -> dict[str, Any]:
+    """The schema checks of the features (fail closed) and how a node reads them."""
+    own = ct.own_fields(fields)
+    key = p.customer_key(own)
+    for name in features:
+        if name in ct.RFM:
+            continue
+        dataset, _ = ct.qualified(name)
+        if key is not None and (dataset is None or dataset == spec.dataset):
+            raise InvalidRequest(
+                f"feature {name!r}: this dataset has many rows per customer; name customer fields as "
+                "customers.<field> or derived ones as rfm.recency, rfm.frequency, rfm.monetary"
+            )
+        if ct.attribute_schema(spec, fields, name).type not in p.NUMERIC_TYPES | {"date"}:
+            raise InvalidRequest(f"feature {name!r} must be a numeric field")
+    out: dict[str, Any] = {"key": key, "join": ct.join_key(fields), "time": None, "amount": None}
+    if any(f in ct.RFM for f in features):
+        if key is None:
+            raise InvalidRequest("rfm.* features derive from rows per customer: use a transactions dataset")
+        for param, default in (("time_field", "time"), ("amount_field", "amount")):
+            named = spec.params.get(param, default)
+            if not isinstance(named, str) or p.field_schema(own, named).type not in p.NUMERIC_TYPES | {
+                "date"
+            }:
+                raise InvalidRequest(f"parameter {param!r} must name a numeric or date field")
+            out[param.removesuffix("_field")] = named
+        out["reference_day"] = ct.day_param(spec, "reference_date")
+    return out
+
+
+def settings(spec: JobSpec, fields: Mapping[str, FieldSchema] | None = None) -> dict[str, Any]:
+    """What every round reads from the spec (and, given ``fields``, the schemas); fail closed."""
+    p.check_params(spec, _PARAMS)
+    if "group_by" in spec.params:
+        raise InvalidRequest("kmeans does not group its results")
+    features = _names(spec, "features", required=True)
+    d = len(features)
+    if not 1 <= d <= MAX_FEATURES:
+        raise InvalidRequest(f"parameter 'features' must name 1 to {MAX_FEATURES} features")
+    lower, upper = _floats(spec, "lower", d), _floats(spec, "upper", d)
+    if any(lo >= hi for lo, hi in zip(lower, upper, strict=True)):
+        raise InvalidRequest("each feature's lower bound must be below its upper bound")
+    logs = _names(spec, "log_features", required=False)
+    if set(logs) - set(features):
+        raise InvalidRequest("parameter 'log_features' may only name features")
+    log = tuple(f in logs for f in features)
+    if any(flag and lo < 0 for flag, lo in zip(log, lower, strict=True)):
+        raise InvalidRequest("a log1p feature needs a lower bound of at least 0")
+    k = p.int_param(spec, "k", default=None, low=2, high=MAX_K)
+    init = spec.params.get("init", "grid")
+    if init not in ("grid", "random"):
+        raise InvalidRequest("parameter 'init' must be 'grid' or 'random'")
+    g = grid_size(d)
+    if init == "grid" and (g < 2 or k > g**d):
+        raise InvalidRequest(f"{k} clusters need more cells than the {d}-feature initialisation grid holds")
+    stats = _share(spec, "stats_share", 0.15)
+    if init == "random" and "init_share" in spec.params:
+        raise InvalidRequest("parameter 'init_share' applies to init 'grid' only")
+    init_share = _share(spec, "init_share", 0.15) if init == "grid" else 0.0
+    if stats + init_share >= 1:
+        raise InvalidRequest(
+            "the rounds' budget shares add up to the job's total or more: nothing is left to iterate"
+        )
+    clip = p.number_param(spec, "clip_sd", default=3.0)
+    if not 0.5 <= clip <= 10:
+        raise InvalidRequest("parameter 'clip_sd' must be between 0.5 and 10")
+    iterations = p.int_param(spec, "iterations", default=5, low=1, high=MAX_ITERATIONS)
+    rho = rho_total(spec)
+    s: dict[str, Any] = {
+        "features": features,
+        "read": tuple(f if f in ct.RFM else ct.read_name(spec.dataset, f) for f in features),
+        "lower": lower,
+        "upper": upper,
+        "log": log,
+        "t_lower": tuple(math.log1p(lo) if f else lo for f, lo in zip(log, lower, strict=True)),
+        "t_upper": tuple(math.log1p(hi) if f else hi for f, hi in zip(log, upper, strict=True)),
+        "k": k,
+        "init": init,
+        "grid": g,
+        "seed": p.int_param(spec, "seed", default=0, low=0, high=2**31 - 1),
+        "clip": clip,
+        "iterations": iterations,
+        "budget": {
+            "stats": stats * rho,
+            "init": init_share * rho,
+            "per_iteration": (1 - stats - init_share) * rho / iterations,
+            "iterations": iterations,
+            "stats_parts": dict(_STATS),
+            "iteration_parts": dict(_LLOYD),
+        },
+    }
+    if fields is not None:
+        s |= _schema(spec, fields, features)
+    if "population" in spec.params:
+        population = p.int_param(spec, "population", default=None, low=1, high=2**40)
+        check_clusters(s, population=float(population))
+    return s
+
+
+def check_clusters(s: Mapping[str, Any], *, population: float) -> None:
+    """Refuse ``k`` clusters the budget cannot resolve (see the module docstring)."""
+    d = len(s["features"])
+    rho_sum = _LLOYD["sum"] * s["budget"]["per_iteration"]
+    sigma_z = s["clip"] * math.sqrt(d) / math.sqrt(2 * rho_sum)
+    need = 10 * sigma_z
+    if s["k"] * need > population:
+        raise InvalidRequest(
+            f"too many clusters for the budget: each of the {s['k']} clusters needs about {need:.0f} "
+            f"customers for its centroid's noise to stay below 0.1 sd, and the consortium holds about "
+            f"{population:.0f}; ask for fewer clusters, fewer iterations or a larger epsilon"
+        )
+
+
+def max_rounds(spec: JobSpec) -> int:
+    iterations = p.int_param(spec, "iterations", default=5, low=1, high=MAX_ITERATIONS)
+    return 1 + (spec.params.get("init", "grid") == "grid") + iterations
+
+
+def start(spec: JobSpec) -> Public:
+    return {}
+
+
+def kind(s: Mapping[str, Any], round_no: int) -> str:
+    if round_no == 1:
+        return "stats"
+    if round_no == 2 and s["init"] == "grid":
+        return "grid"
+    first_lloyd = 3 if s["init"] == "grid" else 2
+    if not first_lloyd <= round_no < first_lloyd + s["iterations"]:
+        raise InvalidRequest(f"round {round_no} is outside this job's rounds")
+    return "lloyd"
+
+
+def _numbers(value: Any, n: int, lo: float, hi: float) -> tuple[float, ...] | None:
+    ok = isinstance(value, list) and len(value) == n
+    ok = ok and all(isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in value)
+    return tuple(float(x) for x in value) if ok else None
+
+
+def _check_public(s: Mapping[str, Any], kind_: str, public: Public) -> dict[str, Any]:
+    """The round's public input, checked: the coordinator may lie, so nothing is trusted."""
+    if kind_ == "stats":
+        return {}
+    d = len(s["features"])
+    mean, sd = [], []
+    raw_mean, raw_sd = public.get("mean"), public.get("sd")
+    for j in range(d):
+        lo, hi = s["t_lower"][j], s["t_upper"][j]
+        m = _numbers(raw_mean, d, -math.inf, math.inf)
+        w = _numbers(raw_sd, d, 0.0, math.inf)
+        if m is None or w is None or not lo <= m[j] <= hi or not 0 < w[j] <= hi - lo:
+            raise InvalidRequest("the round's public 'mean' and 'sd' must be one in-range number per feature")
+        mean.append(m[j])
+        sd.append(w[j])
+    out: dict[str, Any] = {"mean": tuple(mean), "sd": tuple(sd)}
+    if kind_ == "lloyd":
+        raw = public.get("centroids")
+        rows = [_numbers(r, d, -s["clip"], s["clip"]) for r in raw] if isinstance(raw, list) else []
+        if len(rows) != s["k"] or any(r is None for r in rows):
+            raise InvalidRequest("the round's public 'centroids' must be k points inside the clipped box")
+        out["centroids"] = tuple(rows)
+    return out
+
+
+def plan(
+    spec: JobSpec,
+    fields: Mapping[str, FieldSchema],
+    *,
+    survivors_t: int,
+    n_nodes: int,
+    round_no: int = 1,
+    public: Public | None = None,
+) -> v.VectorPlan:
+    """The plan of round ``round_no`` (statistics, grid or Lloyd), from public things only."""
+    p.check_round(survivors_t=survivors_t, n_nodes=n_nodes)
+    s = settings(spec, fields)
+    kind_ = kind(s, round_no)
+    d, k, t = len(s["features"]), s["k"], survivors_t
+    top = 2 ** (VALUE_BITS - 1) - 1
+    layout = {key: s[key] for key in ("features", "read", "lower", "upper", "log", "t_lower", "t_upper")}
+    layout |= {key: s[key] for key in ("clip", "grid", "k", "key", "join", "time", "amount")}
+    layout |= {
+        "field": None,
+        "round": round_no,
+        "kind": kind_,
+        "reference_day": s.get("reference_day"),
+        "contribution": p.Contribution(s["key"], "features", None, 1).as_layout(),
+        **_check_public(s, kind_, public or {}),
+    }
+    if kind_ == "stats":
+        rho = s["budget"]["stats"]
+        one, half = fixed_point_scale(clip_bound=1.0, value_bits=VALUE_BITS), 0.5
+        sq = fixed_point_scale(clip_bound=half, value_bits=VALUE_BITS)
+        parts: tuple[v.VectorPart, ...] = (
+            v.make_part(
+                "count", start=0, stop=1, scale=1.0, linf_bound=1, rho=_STATS["count"] * rho, survivors_t=t
+            ),
+            v.make_part(
+                "sum",
+                start=1,
+                stop=1 + d,
+                scale=one,
+                linf_bound=top,
+                l1=d * top,
+                l2=math.sqrt(d) * top,
+                rho=_STATS["sum"] * rho,
+                survivors_t=t,
+            ),
+            v.make_part(
+                "square",
+                start=1 + d,
+                stop=1 + 2 * d,
+                scale=sq,
+                linf_bound=top,
+                l1=d * top,
+                l2=math.sqrt(d) * top,
+                rho=_STATS["square"] * rho,
+                survivors_t=t,
+            ),
+        )
+    elif kind_ == "grid":
+        rho = s["budget"]["init"]
+        cells = s["grid"] ** d
+        parts = (v.make_part("count", start=0, stop=cells, scale=1.0, linf_bound=1, rho=rho, survivors_t=t),)
+    else:
+        rho = s["budget"]["per_iteration"]
+        scale = fixed_point_scale(clip_bound=s["clip"], value_bits=VALUE_BITS)
+        parts = (
+            v.make_part(
+                "count", start=0, stop=k, scale=1.0, linf_bound=1, rho=_LLOYD["count"] * rho, survivors_t=t
+            ),
+            v.make_part(
+                "sum",
+                start=k,
+                stop=k + k * d,
+                scale=scale,
+                linf_bound=top,
+                l1=d * top,
+                l2=math.sqrt(d) * top,
+                rho=_LLOYD["sum"] * rho,
+                survivors_t=t,
+            ),
+        )
+    reads = [f for f in s["read"] if f not in ct.RFM]
+    if any(f in ct.RFM for f in s["features"]):
+        reads = [s["time"], s["amount"], *reads]
+    if any(ct.qualified(f)[0] == ct.JOINED for f in reads):
+        reads.append(s["join"])
+    return v.VectorPlan(
+        analysis=INFO.name,
+        dataset=spec.dataset,
+        fields=p.touched(s["key"], *reads),
+        length=parts[-1].stop,
+        parts=parts,
+        layout=layout,
+        epsilon=spec.epsilon,
+        delta=spec.delta,
+        rho=rho,
+        survivors_t=survivors_t,
+        n_nodes=n_nodes,
+    )
+
+
+def features(layout: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[v.IntArray, v.FloatArray]:
+    """The node's customers with every feature present: their ids and raw feature values."""
+    key = layout["key"]
+    if any(f in ct.RFM for f in layout["features"]):
+        table: ct.Rfm | None = ct.rfm(
+            data, key=key, time=layout["time"], amount=layout["amount"], reference_day=layout["reference_day"]
+        )
+        assert table is not None
+        pop = table.population
+    else:
+        table = None
+        n = len(next(iter(data.values()))) if key is None else 0
+        ids = np.arange(n, dtype=np.int64) if key is None else ct.key_column(data, key)
+        pop = ct.population(ids, np.ones(ids.shape, dtype=bool))
+    columns = []
+    for name, read in zip(layout["features"], layout["read"], strict=True):
+        if name in ct.RFM:
+            assert table is not None
+            columns.append(table.feature(name))
+            continue
+        join = layout["join"] if ct.qualified(read)[0] == ct.JOINED else None
+        columns.append(ct.attribute(data, read, pop, key=key, join=join).astype(np.float64))
+    x = np.stack(columns, axis=1) if columns else np.zeros((pop.size, 0))
+    keep = np.all(np.isfinite(x), axis=1)
+    return pop.ids[keep], x[keep]
+
+
+def transformed(layout: Mapping[str, Any], x: v.FloatArray) -> v.FloatArray:
+    """Clip to the public bounds, then ``log1p`` where asked."""
+    t = np.clip(x, np.asarray(layout["lower"]), np.asarray(layout["upper"]))
+    log = np.asarray(layout["log"], dtype=bool)
+    t[:, log] = np.log1p(t[:, log])
+    return t
+
+
+def standardised(layout: Mapping[str, Any], x: v.FloatArray) -> v.FloatArray:
+    """``z`` in ``[-clip, clip]^d`` from raw features, with the public DP mean and sd."""
+    z = (transformed(layout, x) - np.asarray(layout["mean"])) / np.asarray(layout["sd"])
+    c = float(layout["clip"])
+    out: v.FloatArray = np.clip(z, -c, c)
+    return out
+
+
+def _vector(plan: v.VectorPlan, data: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
+    layout = plan.layout
+    _, x = features(layout, data)
+    out = np.zeros(plan.length, dtype=np.float64 if rng is None else np.int64)
+
+    def add(part: v.VectorPart, cells: v.IntArray | None, values: v.FloatArray) -> None:
+        """Sum ``values`` (n × w) into the part, at ``cells`` (row offsets of width w) or in place."""
+        w = values.shape[1]
+        q: np.ndarray = values
+        if rng is not None:
+            q = stochastic_round(values.ravel(), scale=part.scale, rng=rng).reshape(values.shape)
+        if cells is None:
+            out[part.start : part.stop] += q.sum(axis=0)
+        else:
+            target = out[part.start : part.stop].reshape(-1, w)
+            np.add.at(target, cells, q)
+
+    kind_ = layout["kind"]
+    if kind_ == "stats":
+        t = transformed(layout, x)
+        lo, hi = np.asarray(layout["t_lower"]), np.asarray(layout["t_upper"])
+        u = np.clip((t - (lo + hi) / 2) / ((hi - lo) / 2), -1.0, 1.0)
+        out[0] = x.shape[0]
+        add(plan.part("sum"), None, u)
+        add(plan.part("square"), None, np.clip(u * u - 0.5, -0.5, 0.5))
+    elif kind_ == "grid":
+        cells = km.grid_cells(standardised(layout, x), int(layout["grid"]), clip=float(layout["clip"]))
+        out[:] = np.bincount(cells, minlength=plan.length)
+    else:
+        z = standardised(layout, x)
+        label = km.assign(z, np.asarray(layout["centroids"]))
+        out[: layout["k"]] = np.bincount(label, minlength=layout["k"])
+        add(plan.part("sum"), label, z)
+    return out
+
+
+def local_vector(plan: v.VectorPlan, data: Mapping[str, Any], *, rng: np.random.Generator) -> v.IntArray:
+    """The node's vector of the plan's round (int64, no noise)."""
+    return np.asarray(_vector(plan, data, rng), dtype=np.int64)
+
+
+def exact(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.FloatArray:
+    """The unnoised vector in the integer units of ``local_vector`` without rounding (tests)."""
+    out = np.asarray(_vector(plan, data, None), dtype=np.float64)
+    for part in plan.parts:
+        out[part.start : part.stop] *= part.scale
+    return out
+
+
+def release(plan: v.VectorPlan, total: Any, *, summands: int, min_cohort_size: int) -> dict[str, Any]:
+    """The round's noisy totals in value units with 95% half-widths; counts below the cohort
+    floor are suppressed (None)."""
+    noisy = v.check_total(plan, total, summands=summands).astype(np.float64)
+    doc = v.header(plan, summands=summands, min_cohort_size=min_cohort_size)
+    layout = plan.layout
+    doc |= {"round": layout["round"], "kind": layout["kind"]}
+    count = plan.part("count")
+    half = v.half_width(plan, count, summands=summands)
+    counts = noisy[count.start : count.stop]
+    doc["counts"] = [float(x) if x >= min_cohort_size else None for x in counts]
+    doc["count_ci95_half_width"] = half
+    if layout["kind"] != "grid":
+        part = plan.part("sum")
+        doc["sums"] = (noisy[part.start : part.stop] / part.scale).tolist()
+        doc["sum_ci95_half_width"] = v.half_width(plan, part, summands=summands)
+    if layout["kind"] == "stats":
+        part = plan.part("square")
+        doc["squares"] = (noisy[part.start : part.stop] / part.scale).tolist()
+    return doc
+
+
+def _moments(s: Mapping[str, Any], released: Mapping[str, Any]) -> tuple[float, list[float], list[float]]:
+    """Round 1 -> DP count, mean and sd of each transformed feature (post-processing)."""
+    n = released["counts"][0]
+    if n is None or n <= 0:
+        raise InvalidRequest("too few customers to standardise the features (round 1 was suppressed)")
+    mean, sd = [], []
+    for j, (lo, hi) in enumerate(zip(s["t_lower"], s["t_upper"], strict=True)):
+        half = (hi - lo) / 2
+        mu = float(np.clip(released["sums"][j] / n, -1, 1))
+        second = float(np.clip(released["squares"][j] / n + 0.5, 0, 1))
+        mean.append((lo + hi) / 2 + half * mu)
+        sd.append(half * math.sqrt(max(second - mu * mu, 1e-4)))
+    return float(n), mean, sd
+
+
+def _original(s: Mapping[str, Any], public: Public, z: v.FloatArray) -> v.FloatArray:
+    t = np.asarray(public["mean"]) + np.asarray(public["sd"]) * z
+    log = np.asarray(s["log"], dtype=bool)
+    t[:, log] = np.expm1(t[:, log])
+    return np.clip(t, np.asarray(s["lower"]), np.asarray(s["upper"]))
+
+
+def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, Any]) -> Step:
+    """Statistics -> start; grid -> k-means++ on the coreset; Lloyd -> move centroids or end."""
+    s = settings(spec)
+    kind_ = kind(s, round_no)
+    rng = np.random.default_rng(s["seed"])  # public randomness: post-processing only
+    k, d, c = s["k"], len(s["features"]), s["clip"]
+    if kind_ == "stats":
+        n, mean, sd = _moments(s, released)
+        check_clusters(s, population=n)
+        nxt: dict[str, Any] = {"mean": mean, "sd": sd}
+        if s["init"] == "random":
+            nxt["centroids"] = np.clip(rng.standard_normal((k, d)), -c, c).tolist()
+        return Step(next_public=nxt, result=None, metric={"customers": n})
+    if kind_ == "grid":
+        counts = np.array([0.0 if x is None else x for x in released["counts"]])
+        weights = np.where(counts >= released["count_ci95_half_width"], counts, 0.0)
+        centres = km.grid_centres(s["grid"], d, clip=c)
+        if np.count_nonzero(weights) < k:
+            weights = np.clip(counts, 0, None)
+        if np.count_nonzero(weights) == 0:
+            raise InvalidRequest("the initialisation grid holds no customers above the noise")
+        centroids = km.best_of(centres, k, rng=rng, weights=weights)
+        return Step(
+            next_public={**dict(public), "centroids": np.clip(centroids, -c, c).tolist()},
+            result=None,
+            metric={"cells_used": float(np.count_nonzero(weights))},
+        )
+    old = np.asarray(public["centroids"], dtype=np.float64)
+    counts = np.array([np.nan if x is None else x for x in released["counts"]])
+    sums = np.asarray(released["sums"], dtype=np.float64).reshape(k, d)
+    move = np.nan_to_num(counts, nan=0.0) >= MIN_MOVE_COUNT
+    new = old.copy()
+    new[move] = np.clip(sums[move] / counts[move, None], -c, c)
+    moved = float(np.sqrt(((new - old) ** 2).sum(axis=1)).max())
+    last = kind(s, round_no + 1) if round_no + 1 < max_rounds(spec) + 1 else "end"
+    if last == "lloyd":
+        return Step(
+            next_public={**dict(public), "centroids": new.tolist()}, result=None, metric={"moved": moved}
+        )
+    half = released["count_ci95_half_width"]
+    clusters = []
+    for j in range(k):
+        size = None if math.isnan(counts[j]) else v.estimate(float(counts[j]), half)
+        clusters.append(
+            {
+                "cluster": j,
+                "centroid": dict(
+                    zip(s["features"], _original(s, public, new[j : j + 1])[0].tolist(), strict=True)
+                ),
+                "size": size,
+                "suppressed": size is None,
+            }
+        )
+    result = {
+        "analysis": INFO.name,
+        "dataset": spec.dataset,
+        "epsilon": spec.epsilon,
+        "delta": spec.delta,
+        "rho": rho_total(spec),
+        "k": k,
+        "init": s["init"],
+        "clusters": clusters,
+        "sizes_from": "assignments of the last iteration (before its centroid update)",
+        "budget": s["budget"],
+        "min_cohort_size": released["min_cohort_size"],
+        "rounds_run": round_no,
+        "model": {
+            "kind": "kmeans",
+            "features": list(s["features"]),
+            "lower": list(s["lower"]),
+            "upper": list(s["upper"]),
+            "log": list(s["log"]),
+            "mean": list(public["mean"]),
+            "sd": list(public["sd"]),
+            "clip": c,
+            "centroids_z": new.tolist(),
+            "reference_date": spec.params.get("reference_date"),
+            "time_field": spec.params.get("time_field", "time"),
+            "amount_field": spec.params.get("amount_field", "amount"),
+        },
+    }
+    return Step(next_public=None, result=result, metric={"moved": moved})
+
+
+def model_layout(
+    model: Mapping[str, Any], *, dataset: str, key: str | None, join: str | None
+) -> dict[str, Any]:
+    """The layout a node labels its customers with, from a released kmeans model (public)."""
+    if model.get("kind") != "kmeans":
+        raise InvalidRequest("this model is not a kmeans result")
+    feats = tuple(str(f) for f in model["features"])
+    layout = {
+        "features": feats,
+        "read": tuple(f if f in ct.RFM else ct.read_name(dataset, f) for f in feats),
+        "lower": tuple(model["lower"]),
+        "upper": tuple(model["upper"]),
+        "log": tuple(bool(x) for x in model["log"]),
+        "mean": tuple(model["mean"]),
+        "sd": tuple(model["sd"]),
+        "clip": float(model["clip"]),
+        "key": key,
+        "join": join,
+        "time": model.get("time_field"),
+        "amount": model.get("amount_field"),
+        "reference_day": None,
+    }
+    if any(f in ct.RFM for f in feats):
+        spec = JobSpec(analysis=INFO.name, params={"d": model["reference_date"]})
+        layout["reference_day"] = ct.day_param(spec, "d")
+    return layout
+
+
+def label_customers(
+    model: Mapping[str, Any],
+    data: Mapping[str, Any],
+    *,
+    dataset: str,
+    key: str | None,
+    join: str | None = None,
+) -> dict[int, int]:
+    """The node's local half: each customer's cluster under a released model (never sent).
+
+    ``data`` holds the node's columns as a round would read them (``customer_table.read_columns``).
+    Customers missing a feature get no cluster. Without a customer key, ids are row positions.
+    """
+    layout = model_layout(model, dataset=dataset, key=key, join=join)
+    ids, x = features(layout, data)
+    label = km.assign(standardised(layout, x), np.asarray(model["centroids_z"], dtype=np.float64))
+    return dict(zip(ids.tolist(), label.tolist(), strict=True))
