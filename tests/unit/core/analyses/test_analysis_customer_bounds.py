@@ -61,7 +61,18 @@ CASES: dict[str, list[dict[str, ParamValue]]] = {
         {**SPEND, "bins": 20, "max_rows_per_customer": 3, **BY_CHANNEL},
         {"per_customer": "count", "lower": 0.0, "upper": 30.0, "bins": 15, **BY_CHANNEL},
     ],
-}
+    # ``amount`` stands in for the time (days since 1970) and ``kind`` for the event type.
+    "funnel": [
+        {"event_field": "kind", "time_field": "amount", "steps": ("a", "b"), "window_days": 30.0},
+        {"event_field": "kind", "time_field": "amount", "steps": ("b", "a", "zz"), "window_days": 1e9},
+        {"event_field": "kind", "time_field": "amount", "steps": ("a", "b"), "window_days": 5.0,
+         "since": "1970-01-02", "until": "1970-08-01"},
+    ],
+    "cohort_retention": [
+        {"time_field": "amount", "first_month": "1970-01", "cohorts": 6, "months": 4},
+        {"time_field": "amount", "first_month": "1969-12", "cohorts": 1, "months": 12},
+    ],
+}  # fmt: skip
 PLANS = [
     (name, i, keyed)
     for name in sorted(VECTOR_ANALYSES)
