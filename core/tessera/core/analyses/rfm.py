@@ -31,6 +31,9 @@ from tessera.core.analyses.vector import FloatArray, IntArray
 from tessera.core.errors import InvalidRequest
 
 AXES = ("recency", "frequency", "monetary")
+# Whole numbers by construction (days, purchases): their boundaries are rounded to the nearest
+# integer, so a bin narrower than 1 that holds one integer puts the boundary ON it, not just below.
+INTEGER_AXES = ("recency", "frequency")
 LEVELS = (0.2, 0.4, 0.6, 0.8)
 SEGMENTS = (
     "Champions",
@@ -74,13 +77,15 @@ def log_bins(values: npt.ArrayLike, *, upper: float, bins: int) -> IntArray:
 
 
 def quantiles_from_histogram(
-    counts: npt.ArrayLike, *, upper: float, levels: tuple[float, ...] = LEVELS
+    counts: npt.ArrayLike, *, upper: float, levels: tuple[float, ...] = LEVELS, integer: bool = False
 ) -> tuple[float, ...]:
     """Quantiles of a (noisy) histogram on ``log_edges(upper, len(counts))``, interpolated linearly
     in ``log1p`` inside the bin where the cumulative share reaches each level.
 
     Negative noisy counts count as 0 (post-processing). The result is non-decreasing and lies in
-    the bin that holds the true quantile when the histogram is exact. Raises ``InvalidRequest``
+    the bin that holds the true quantile when the histogram is exact; with ``integer`` (whole-number
+    data) it is rounded to the nearest integer, which is the true quantile wherever bins are
+    narrower than 1 (and within a bin elsewhere). Raises ``InvalidRequest``
     when the histogram holds no mass (nothing to place boundaries on).
     """
     c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
@@ -96,7 +101,10 @@ def quantiles_from_histogram(
         inside = 0.0 if c[b] == 0 else (level - cumulative[b]) / (c[b] / total)
         position = (b + float(np.clip(inside, 0.0, 1.0))) / bins
         out.append(float(np.expm1(position * log_upper)))
-    return tuple(float(x) for x in np.maximum.accumulate(np.array(out)))
+    values = np.maximum.accumulate(np.array(out))
+    if integer:
+        values = np.minimum(np.round(values), upper)
+    return tuple(float(x) for x in values)
 
 
 def score(values: npt.ArrayLike, boundaries: tuple[float, ...], *, higher_is_better: bool) -> IntArray:

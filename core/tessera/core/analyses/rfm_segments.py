@@ -431,7 +431,9 @@ def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, An
             h = released["histograms"][axis]
             counts = [0.0 if x is None else float(x) for x in h["counts"]]
             upper = float(h["edges"][-1])
-            boundaries[axis] = list(rfm.quantiles_from_histogram(counts, upper=upper))
+            boundaries[axis] = list(
+                rfm.quantiles_from_histogram(counts, upper=upper, integer=axis in rfm.INTEGER_AXES)
+            )
         metric = {f"{axis}_median": boundaries[axis][1] for axis in rfm.AXES}
         return Step(next_public={"boundaries": boundaries}, result=None, metric=metric)
     rho = rho_total(spec)
