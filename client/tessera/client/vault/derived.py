@@ -81,5 +81,11 @@ def read_derived(engine: sa.Engine, *, field: str) -> dict[int, float | str]:
     query = sa.select(Attribute.customer_id, Attribute.num_value, Attribute.text_value).where(
         Attribute.name == field
     )
+    out: dict[int, float | str] = {}
     with engine.connect() as conn:
-        return {cid: (num if num is not None else text) for cid, num, text in conn.execute(query)}
+        for cid, num, text in conn.execute(query):
+            if num is not None:
+                out[cid] = num
+            elif text is not None:
+                out[cid] = text
+    return out
