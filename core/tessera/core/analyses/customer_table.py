@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import params as p
-from tessera.core.analyses.vector import FloatArray, IntArray, VectorPlan
+from tessera.core.analyses.vector import FloatArray, IntArray
 from tessera.core.errors import InvalidRequest, PolicyViolation
 from tessera.core.types import FieldSchema, JobSpec
 
@@ -90,25 +90,28 @@ def join_key(fields: Mapping[str, FieldSchema]) -> str | None:
     return None if key is None else f"{JOINED}.{key}"
 
 
-def reads(plan: VectorPlan) -> dict[str, tuple[str, ...]]:
-    """Which fields of which dataset a node reads for ``plan`` (the plan's dataset first)."""
-    out: dict[str, list[str]] = {plan.dataset: []}
-    for name in plan.fields:
-        dataset, field = qualified(name)
-        out.setdefault(dataset or plan.dataset, []).append(field)
-    return {dataset: tuple(names) for dataset, names in out.items()}
+def reads(dataset: str, fields: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Which fields of which dataset a node reads for a job on ``dataset`` that touches ``fields``
+    (a plan's ``fields``: own names plain, joined ones ``customers.``-qualified); ``dataset`` first."""
+    out: dict[str, list[str]] = {dataset: []}
+    for name in fields:
+        source, field = qualified(name)
+        out.setdefault(source or dataset, []).append(field)
+    return {name: tuple(names) for name, names in out.items()}
 
 
-def read_columns(read: Callable[[str, Sequence[str]], Mapping[str, Any]], plan: VectorPlan) -> dict[str, Any]:
-    """One data mapping for ``plan`` from a data source's ``read(dataset, fields)``: the plan's
-    own dataset's columns under their names, joined ones under ``customers.<field>``."""
+def read_columns(
+    read: Callable[[str, Sequence[str]], Mapping[str, Any]], dataset: str, fields: Sequence[str]
+) -> dict[str, Any]:
+    """One data mapping from a data source's ``read(dataset, fields)``: ``dataset``'s columns under
+    their names, joined ones under ``customers.<field>`` (call it with ``plan.dataset, plan.fields``)."""
     data: dict[str, Any] = {}
-    for dataset, names in reads(plan).items():
+    for source, names in reads(dataset, fields).items():
         if not names:
             continue
-        columns = read(dataset, names)
+        columns = read(source, names)
         for name in names:
-            data[name if dataset == plan.dataset else f"{dataset}.{name}"] = columns[name]
+            data[name if source == dataset else f"{source}.{name}"] = columns[name]
     return data
 
 

@@ -641,6 +641,21 @@ def model_layout(
     return layout
 
 
+def model_fields(layout: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields a node reads to label its customers under ``model_layout(...)`` (plan style:
+    joined ones qualified, the customer key last)."""
+    reads = [f for f in layout["read"] if f not in ct.RFM]
+    if any(f in ct.RFM for f in layout["features"]):
+        reads = [layout["time"], layout["amount"], *reads]
+    if any(ct.qualified(f)[0] == ct.JOINED for f in reads):
+        if layout["join"] is None:
+            raise InvalidRequest(
+                "the model joins customers.<field>: the customers dataset needs a customer_key"
+            )
+        reads.append(layout["join"])
+    return p.touched(layout["key"], *reads)
+
+
 def label_customers(
     model: Mapping[str, Any],
     data: Mapping[str, Any],

@@ -226,7 +226,7 @@ def test_the_rounds_spend_exactly_the_total_and_the_plan_reads_the_joined_fields
     ]
     assert sum(p.rho for p in plans) == pytest.approx(rho_total(spec))
     assert plans[0].fields == ("time", "amount", "customer")
-    assert ct.reads(plans[1]) == {
+    assert ct.reads(plans[1].dataset, plans[1].fields) == {
         "transactions": ("time", "amount", "customer"),
         "customers": ("churned", "region", "customer_id"),
     }
