@@ -37,6 +37,9 @@ def customer_id(seed: int, i: int) -> str:
     return f"C{seed:03d}{i:07d}"
 
 
+DERIVED_FIELDS = frozenset({"rfm_segment", "cluster"})
+
+
 def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed: int) -> None:
     """Write ``rows`` synthetic customers with exactly the columns ``policy`` classifies."""
     try:
@@ -46,7 +49,8 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
     fake = Faker("en_GB")
     fake.seed_instance(seed)
     rng = random.Random(seed)
-    fields = policy.schema(dataset).fields
+    # Labels a node derives at home (`tessera node segments --store`) are never ingested.
+    fields = [f for f in policy.schema(dataset).fields if f.name not in DERIVED_FIELDS]
     today = date(2026, 11, 1)
 
     generators: dict[str, Callable[[int], object]] = {
