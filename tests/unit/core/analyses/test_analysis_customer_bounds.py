@@ -289,7 +289,7 @@ def _program_table(
     }
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     case=st.integers(0, len(PROGRAM_ROUNDS) - 1),
     others=st.lists(fact, max_size=30),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _segments_helpers import TRANSACTIONS, cdnow, run, split
 
-from tessera.core.analyses import kmeans
+from tessera.core.analyses import kmeans, kmeans_spec
 from tessera.core.analyses import kmeans_math as km
 from tessera.core.analyses.program import rho_total
 from tessera.core.errors import InvalidRequest, PolicyViolation
@@ -196,7 +196,7 @@ def test_a_lying_coordinator_cannot_move_the_standardisation_or_the_centroids() 
 
 
 def test_grid_size_keeps_the_grid_small() -> None:
-    assert [kmeans.grid_size(d) for d in (1, 2, 3, 4, 5, 8, 12, 13)] == [8, 8, 8, 8, 5, 2, 2, 1]
+    assert [kmeans_spec.grid_size(d) for d in (1, 2, 3, 4, 5, 8, 12, 13)] == [8, 8, 8, 8, 5, 2, 2, 1]
     assert km.grid_cells(np.array([[-9.0, -9.0], [0.1, 0.1], [9.0, 9.0]]), 4, clip=3.0).tolist() == [
         0,
         10,
