@@ -110,8 +110,9 @@ def plan(
     }
     if kind_ == "stats":
         rho = s["budget"]["stats"]
-        one, half = fixed_point_scale(clip_bound=1.0, value_bits=VALUE_BITS), 0.5
-        sq = fixed_point_scale(clip_bound=half, value_bits=VALUE_BITS)
+        # One scale for both sums: the node rounds each customer's (u, u² - 1/2) in one pass, so
+        # a customer's rounding never shifts another's random draws (the bound test's coupling).
+        one = fixed_point_scale(clip_bound=1.0, value_bits=VALUE_BITS)
         parts: tuple[v.VectorPart, ...] = (
             v.make_part(
                 "count",
@@ -137,7 +138,7 @@ def plan(
                 "square",
                 start=1 + d,
                 stop=1 + 2 * d,
-                scale=sq,
+                scale=one,
                 linf_bound=top,
                 l1=d * top,
                 l2=math.sqrt(d) * top,
@@ -242,17 +243,17 @@ def _vector(plan: v.VectorPlan, data: Mapping[str, Any], rng: np.random.Generato
     _, x = features(layout, data)
     out = np.zeros(plan.length, dtype=np.float64 if rng is None else np.int64)
 
-    def add(part: v.VectorPart, cells: v.IntArray | None, values: v.FloatArray) -> None:
-        """Sum ``values`` (n × w) into the part, at ``cells`` (row offsets of width w) or in place."""
+    def add(start: int, stop: int, scale: float, cells: v.IntArray | None, values: v.FloatArray) -> None:
+        """Sum ``values`` (n × w, rounded customer by customer) into ``[start, stop)``, at ``cells``
+        (row offsets of width w) or all into one row."""
         w = values.shape[1]
         q: np.ndarray = values
         if rng is not None:
-            q = stochastic_round(values.ravel(), scale=part.scale, rng=rng).reshape(values.shape)
+            q = stochastic_round(values.ravel(), scale=scale, rng=rng).reshape(values.shape)
         if cells is None:
-            out[part.start : part.stop] += q.sum(axis=0)
+            out[start:stop] += q.sum(axis=0)
         else:
-            target = out[part.start : part.stop].reshape(-1, w)
-            np.add.at(target, cells, q)
+            np.add.at(out[start:stop].reshape(-1, w), cells, q)
 
     kind_ = layout["kind"]
     if kind_ == "stats":
@@ -260,8 +261,8 @@ def _vector(plan: v.VectorPlan, data: Mapping[str, Any], rng: np.random.Generato
         lo, hi = np.asarray(layout["t_lower"]), np.asarray(layout["t_upper"])
         u = np.clip((t - (lo + hi) / 2) / ((hi - lo) / 2), -1.0, 1.0)
         out[0] = x.shape[0]
-        add(plan.part("sum"), None, u)
-        add(plan.part("square"), None, np.clip(u * u - 0.5, -0.5, 0.5))
+        both = np.hstack([u, np.clip(u * u - 0.5, -0.5, 0.5)])
+        add(plan.part("sum").start, plan.part("square").stop, plan.part("sum").scale, None, both)
     elif kind_ == "grid":
         cells = km.grid_cells(standardised(layout, x), int(layout["grid"]), clip=float(layout["clip"]))
         out[:] = np.bincount(cells, minlength=plan.length)
@@ -269,7 +270,8 @@ def _vector(plan: v.VectorPlan, data: Mapping[str, Any], rng: np.random.Generato
         z = standardised(layout, x)
         label = km.assign(z, np.asarray(layout["centroids"]))
         out[: layout["k"]] = np.bincount(label, minlength=layout["k"])
-        add(plan.part("sum"), label, z)
+        part = plan.part("sum")
+        add(part.start, part.stop, part.scale, label, z)
     return out
 
 
