@@ -38,6 +38,10 @@ def customer_id(seed: int, i: int) -> str:
     return f"C{seed:03d}{i:07d}"
 
 
+# Fields nodes derive at home from released models (CLV predictions, segment and cluster labels).
+HOME_DERIVED = frozenset({*DERIVED_FIELDS, "rfm_segment", "cluster"})
+
+
 def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed: int) -> None:
     """Write ``rows`` synthetic customers with exactly the columns ``policy`` classifies, except the
     derived fields nodes compute at home (``tessera node clv --store``), which no source holds."""
@@ -48,7 +52,8 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
     fake = Faker("en_GB")
     fake.seed_instance(seed)
     rng = random.Random(seed)
-    fields = policy.schema(dataset).fields
+    # Labels a node derives at home (`tessera node segments --store`) are never ingested.
+    fields = [f for f in policy.schema(dataset).fields if f.name not in HOME_DERIVED]
     today = date(2026, 11, 1)
 
     generators: dict[str, Callable[[int], object]] = {
@@ -79,7 +84,7 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
             return lambda i: (today - timedelta(days=rng.randint(0, 3650))).isoformat()
         return lambda i: fake.word()
 
-    columns = [(f.name, by_type(f.name, f.type)) for f in fields if f.name not in DERIVED_FIELDS]
+    columns = [(f.name, by_type(f.name, f.type)) for f in fields if f.name not in HOME_DERIVED]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

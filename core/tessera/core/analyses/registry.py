@@ -42,9 +42,9 @@ class VectorAnalysis(Protocol):
 
 
 def _vector_analyses() -> dict[str, VectorAnalysis]:
-    from tessera.core.analyses import count, histogram, mean, quantiles, sums
+    from tessera.core.analyses import cohort_retention, count, funnel, histogram, mean, quantiles, sums
 
-    modules: list[Any] = [count, sums, mean, histogram, quantiles]
+    modules: list[Any] = [count, sums, mean, histogram, quantiles, funnel, cohort_retention]
     return {m.INFO.name: m for m in modules}
 
 
@@ -52,10 +52,10 @@ VECTOR_ANALYSES: dict[str, VectorAnalysis] = _vector_analyses()
 
 
 def _programs() -> dict[str, Program]:
-    from tessera.core.analyses import clv_fit, mean_descent
+    from tessera.core.analyses import clv_fit, kmeans, mean_descent, rfm_segments
 
     one_round: dict[str, Program] = {name: OneRound(m) for name, m in VECTOR_ANALYSES.items()}
-    many: list[Any] = [mean_descent, clv_fit]
+    many: list[Any] = [mean_descent, rfm_segments, kmeans, clv_fit]
     return one_round | {m.INFO.name: m for m in many}
 
 

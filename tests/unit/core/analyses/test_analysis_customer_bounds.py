@@ -61,7 +61,18 @@ CASES: dict[str, list[dict[str, ParamValue]]] = {
         {**SPEND, "bins": 20, "max_rows_per_customer": 3, **BY_CHANNEL},
         {"per_customer": "count", "lower": 0.0, "upper": 30.0, "bins": 15, **BY_CHANNEL},
     ],
-}
+    # ``amount`` stands in for the time (days since 1970) and ``kind`` for the event type.
+    "funnel": [
+        {"event_field": "kind", "time_field": "amount", "steps": ("a", "b"), "window_days": 30.0},
+        {"event_field": "kind", "time_field": "amount", "steps": ("b", "a", "zz"), "window_days": 1e9},
+        {"event_field": "kind", "time_field": "amount", "steps": ("a", "b"), "window_days": 5.0,
+         "since": "1970-01-02", "until": "1970-08-01"},
+    ],
+    "cohort_retention": [
+        {"time_field": "amount", "first_month": "1970-01", "cohorts": 6, "months": 4},
+        {"time_field": "amount", "first_month": "1969-12", "cohorts": 1, "months": 12},
+    ],
+}  # fmt: skip
 PLANS = [
     (name, i, keyed)
     for name in sorted(VECTOR_ANALYSES)
@@ -174,3 +185,159 @@ def test_exact_is_bounded_like_the_local_vector(name: str, case: int, keyed: boo
     assert np.all(np.abs(noisy - truth) <= n / scales + 1e-9)
     if all(p.scale == 1.0 for p in plan.parts):
         assert np.array_equal(noisy, truth)
+
+
+# --- programs of many rounds: every round's plan, with joined customers.<field> attributes -----
+
+PROGRAM_FIELDS = {
+    "customer": FieldSchema("customer", "customer_key", Tier.CORE_SENSITIVE),
+    "time": FieldSchema("time", "date", Tier.GENERAL_SENSITIVE),
+    "amount": FieldSchema("amount", "float", Tier.GENERAL_SENSITIVE),
+    "customers.id": FieldSchema("id", "customer_key", Tier.CORE_SENSITIVE),
+    "customers.churned": FieldSchema("churned", "bool", Tier.GENERAL_SENSITIVE),
+    "customers.region": FieldSchema("region", "category", Tier.NON_SENSITIVE),
+    "customers.tenure": FieldSchema("tenure", "float", Tier.GENERAL_SENSITIVE),
+}
+CUSTOMER_FIELDS = {
+    "region": FieldSchema("region", "category", Tier.NON_SENSITIVE),
+    "tenure": FieldSchema("tenure", "float", Tier.GENERAL_SENSITIVE),
+    "spend": FieldSchema("spend", "float", Tier.GENERAL_SENSITIVE),
+}
+RFM_SPEC: dict[str, ParamValue] = {"reference_date": "1970-07-01", "monetary_max": 500.0, "bins": 8}
+BOUNDARIES = {
+    "recency": [3.0, 10.0, 30.0, 90.0],
+    "frequency": [1.0, 1.0, 2.0, 4.0],
+    "monetary": [5, 20, 50, 200],
+}
+KM_RFM: dict[str, ParamValue] = {
+    "features": ("rfm.recency", "rfm.monetary", "customers.tenure"),
+    "lower": (0.0, 0.0, 0.0),
+    "upper": (365.0, 1000.0, 60.0),
+    "log_features": ("rfm.monetary",),
+    "reference_date": "1970-07-01",
+    "k": 3,
+    "iterations": 2,
+}
+KM_CUSTOMERS: dict[str, ParamValue] = {
+    "features": ("tenure", "spend"),
+    "lower": (0.0, 0.0),
+    "upper": (60.0, 500.0),
+    "k": 4,
+    "iterations": 1,
+}
+_MEAN3 = {"mean": [50.0, 3.0, 20.0], "sd": [30.0, 1.0, 10.0]}
+_CENTROIDS3 = [[-1.0, 0.0, 0.5], [0.0, 1.0, -2.0], [2.0, -1.0, 0.0]]
+_MEAN2 = {"mean": [20.0, 100.0], "sd": [10.0, 80.0]}
+# (analysis, dataset, params, round, public input)
+PROGRAM_ROUNDS: list[tuple[str, str, dict[str, ParamValue], int, dict[str, Any]]] = [
+    ("rfm_segments", "transactions", RFM_SPEC, 1, {}),
+    ("rfm_segments", "transactions", RFM_SPEC, 2, {"boundaries": BOUNDARIES}),
+    ("rfm_segments", "transactions",
+     {**RFM_SPEC, "churn_field": "customers.churned", "group_by": "customers.region", "groups": ("n", "s")},
+     2, {"boundaries": BOUNDARIES}),
+    ("kmeans", "transactions", KM_RFM, 1, {}),
+    ("kmeans", "transactions", KM_RFM, 2, _MEAN3),
+    ("kmeans", "transactions", KM_RFM, 3, {**_MEAN3, "centroids": _CENTROIDS3}),
+    ("kmeans", "customers", KM_CUSTOMERS, 1, {}),
+    ("kmeans", "customers", KM_CUSTOMERS, 2, _MEAN2),
+    ("kmeans", "customers", {**KM_CUSTOMERS, "init": "random"}, 2,
+     {**_MEAN2, "centroids": [[0.0, 0.0], [1.0, 1.0], [-1.0, 2.0], [2.5, -2.5]]}),
+]  # fmt: skip
+
+
+def test_every_registered_program_has_round_cases() -> None:
+    from tessera.core.analyses.registry import PROGRAMS
+
+    many = {name for name in PROGRAMS if name not in VECTOR_ANALYSES and name != "mean_descent"}
+    assert many == {case[0] for case in PROGRAM_ROUNDS}
+
+
+def _program_plan(case: int) -> v.VectorPlan:
+    from tessera.core.analyses.registry import get_program
+
+    name, dataset, params, round_no, public = PROGRAM_ROUNDS[case]
+    spec = JobSpec(analysis=name, dataset=dataset, params=params, epsilon=1.0, delta=1e-6)
+    fields = PROGRAM_FIELDS if dataset == "transactions" else CUSTOMER_FIELDS
+    return get_program(name).plan(spec, fields, survivors_t=2, n_nodes=3, round_no=round_no, public=public)
+
+
+day = st.one_of(
+    st.just(float("nan")),
+    st.sampled_from([float("inf"), float("-inf"), 0.0, 181.0, 181.5, 182.0, 1e9]),
+    st.floats(min_value=-400, max_value=400, allow_nan=False),
+)
+fact = st.tuples(st.integers(0, 6), day, amount)
+profile = st.tuples(
+    st.sampled_from([True, False, None]), st.sampled_from(["n", "s", "e", None]), amount, amount
+)
+
+
+def _program_table(
+    facts: list[tuple[int, float, float]], profiles: dict[int, tuple[Any, Any, float, float]]
+) -> dict[str, Any]:
+    ids = sorted(profiles)
+    return {
+        "customer": np.array([f[0] for f in facts], dtype=np.int64),
+        "time": np.array([f[1] for f in facts], dtype=np.float64),
+        "amount": np.array([f[2] for f in facts], dtype=np.float64),
+        "customers.id": np.array(ids, dtype=np.int64),
+        "customers.churned": np.array(
+            [np.nan if profiles[i][0] is None else float(profiles[i][0]) for i in ids]
+        ),
+        "customers.region": np.array([profiles[i][1] for i in ids], dtype=object),
+        "customers.tenure": np.array([profiles[i][2] for i in ids], dtype=np.float64),
+    }
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=st.integers(0, len(PROGRAM_ROUNDS) - 1),
+    others=st.lists(fact, max_size=30),
+    profiles=st.lists(profile, min_size=8, max_size=8),
+    newcomer=st.lists(st.tuples(day, amount), min_size=0, max_size=10),
+    whale=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    placement=st.randoms(use_true_random=False),
+)
+def test_one_customer_moves_every_round_of_every_program_within_its_bounds(
+    case: int,
+    others: list[tuple[int, float, float]],
+    profiles: list[tuple[Any, Any, float, float]],
+    newcomer: list[tuple[float, float]],
+    whale: bool,
+    seed: int,
+    placement: Any,
+) -> None:
+    from tessera.core.analyses.registry import get_program
+
+    plan = _program_plan(case)
+    program = get_program(plan.analysis)
+    if plan.dataset == "transactions":
+        if whale and newcomer:
+            newcomer = newcomer * (1000 // len(newcomer) + 1)
+        rows = list(others)
+        for item in [(7, *r) for r in newcomer]:
+            rows.insert(placement.randint(0, len(rows)), item)
+        # The newcomer (id 7) brings its rows AND its row of the customers dataset.
+        before = _program_table(others, dict(enumerate(profiles[:7])))
+        after = _program_table(rows, dict(enumerate(profiles)))
+    else:  # one row per customer: the newcomer is one more row, last
+        table = [(p[0], p[1], p[2], p[3]) for p in profiles]
+
+        def columns(n: int) -> dict[str, Any]:
+            return {
+                "region": np.array([t[1] for t in table[:n]], dtype=object),
+                "tenure": np.array([t[2] for t in table[:n]], dtype=np.float64),
+                "spend": np.array([t[3] for t in table[:n]], dtype=np.float64),
+            }
+
+        before, after = columns(7), columns(8)
+    v_before = program.local_vector(plan, before, rng=np.random.default_rng(seed))
+    v_after = program.local_vector(plan, after, rng=np.random.default_rng(seed))
+    assert v_before.dtype == np.int64 and v_before.shape == (plan.length,)
+    diff = (v_after - v_before).astype(np.float64)
+    for part in plan.parts:
+        piece = diff[part.start : part.stop]
+        assert np.max(np.abs(piece)) <= part.linf_bound
+        assert np.abs(piece).sum() <= part.l1_sensitivity + 1e-9
+        assert np.linalg.norm(piece) <= part.l2_sensitivity * (1 + 1e-12)

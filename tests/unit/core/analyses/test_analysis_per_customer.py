@@ -176,12 +176,22 @@ _KEY_AS_VALUE: dict[str, dict[str, ParamValue]] = {
     "mean": {"field": "customer", "lower": 0.0, "upper": 1.0},
     "histogram": {"field": "customer", "categories": ("1",)},
     "quantiles": {"field": "customer", "lower": 0.0, "upper": 1.0},
+    "funnel": {"event_field": "customer", "time_field": "amount", "steps": ("a", "b"), "window_days": 1.0},
+    "cohort_retention": {"time_field": "customer", "first_month": "1997-01", "cohorts": 1, "months": 2},
 }
+# Analyses whose results have no groups: they refuse group_by whatever it names.
+_UNGROUPED = {"funnel", "cohort_retention"}
 
 
 _KEY_CASES = [(name, False) for name in sorted(VECTOR_ANALYSES) if _KEY_AS_VALUE[name]] + [
-    (name, True) for name in sorted(VECTOR_ANALYSES)
+    (name, True) for name in sorted(VECTOR_ANALYSES) if name not in _UNGROUPED
 ]
+
+
+@pytest.mark.parametrize("name", sorted(_UNGROUPED))
+def test_analyses_without_groups_refuse_group_by(name: str) -> None:
+    with pytest.raises(InvalidRequest, match="does not group"):
+        plan(VECTOR_ANALYSES[name], {**_KEY_AS_VALUE[name], "group_by": "channel", "groups": ("web",)})
 
 
 @pytest.mark.parametrize(("name", "as_group"), _KEY_CASES)
