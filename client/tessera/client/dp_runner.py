@@ -32,6 +32,7 @@ from tessera.client.datasource import DataSource, read_for_plan
 from tessera.client.egress import EgressRecord
 from tessera.client.outgoing import Outgoing
 from tessera.core.analyses.contribution import customers_in
+from tessera.core.analyses.customer_table import plan_fields, read_columns
 from tessera.core.analyses.program import Program, check_public
 from tessera.core.analyses.registry import get_program
 from tessera.core.analyses.vector import VectorPlan, add_noise, bits_for, encode
@@ -234,7 +235,7 @@ class DpRunner:
             )
         plan = program.plan(
             analysis_spec(spec),
-            {f.name: f for f in schema.fields},
+            plan_fields(spec.dataset, self.data.schemas()),
             survivors_t=setup.threshold - setup.collusion,
             n_nodes=n_nodes,
             round_no=round_no,
@@ -257,7 +258,11 @@ class DpRunner:
         config = state.client.config
         key = (state.spec.dataset, tuple(plan.fields))
         if state.columns is None or state.columns_key != key:
-            state.columns, state.columns_key = read_for_plan(self.data, *key), key
+            if any("." in name for name in plan.fields):  # customers.<field> joined in
+                state.columns = read_columns(self.data.read, *key)
+            else:
+                state.columns = read_for_plan(self.data, *key)
+            state.columns_key = key
         columns = state.columns
         population = customers_in(plan, columns)
         if population > state.setup.max_customers:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from tessera.core.analyses.customer_table import plan_fields
 from tessera.core.analyses.program import Program, Public, Step, check_public
 from tessera.core.analyses.vector import VectorPlan, bits_for
 from tessera.core.errors import Conflict, InvalidRequest
@@ -281,14 +282,14 @@ class DpJob:
 
 
 def shared_fields(dataset: str, nodes: Sequence[NodeRecord]) -> Mapping[str, FieldSchema]:
-    """Fields of ``dataset`` that every participant publishes with the same type and tier."""
+    """Fields of ``dataset`` (and ``customers.<field>`` joins) that every participant publishes
+    with the same type and tier: what the coordinator plans from, as each node does."""
     if not dataset:
         raise InvalidRequest("a DP job must name the dataset it analyses")
     common: dict[str, FieldSchema] | None = None
     for node in nodes:
-        schema = next((d for d in node.datasets if d.name == dataset), None)
-        if schema is None:
+        if not any(d.name == dataset for d in node.datasets):
             raise Conflict(f"node {node.node_id} publishes no dataset {dataset!r}")
-        fields = {f.name: f for f in schema.fields}
+        fields = plan_fields(dataset, node.datasets)
         common = fields if common is None else {k: v for k, v in common.items() if fields.get(k) == v}
     return common or {}

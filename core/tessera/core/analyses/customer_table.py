@@ -35,7 +35,7 @@ import numpy as np
 from tessera.core.analyses import params as p
 from tessera.core.analyses.vector import FloatArray, IntArray
 from tessera.core.errors import InvalidRequest, PolicyViolation
-from tessera.core.types import FieldSchema, JobSpec
+from tessera.core.types import DatasetSchema, FieldSchema, JobSpec
 
 JOINED = "customers"
 RFM = ("rfm.recency", "rfm.frequency", "rfm.monetary")
@@ -113,6 +113,17 @@ def read_columns(
         for name in names:
             data[name if source == dataset else f"{source}.{name}"] = columns[name]
     return data
+
+
+def plan_fields(dataset: str, schemas: Sequence[DatasetSchema]) -> dict[str, FieldSchema]:
+    """What a plan sees of a node's schemas for a job on ``dataset``: its own fields, and those of
+    ``customers`` as ``customers.<field>`` (for joins) when the job reads another dataset."""
+    own = next((d for d in schemas if d.name == dataset), None)
+    fields = {f.name: f for f in own.fields} if own is not None else {}
+    joined = next((d for d in schemas if d.name == JOINED), None)
+    if joined is not None and dataset != JOINED:
+        fields |= {f"{JOINED}.{f.name}": f for f in joined.fields}
+    return fields
 
 
 def day_param(spec: JobSpec, name: str) -> float:

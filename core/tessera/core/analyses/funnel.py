@@ -101,6 +101,9 @@ def _field(
     return name
 
 
+_MAX_DAYS = 1e6  # days from 1970: about 2,700 years either way
+
+
 def levels(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.IntArray:
     """The highest stage (0 = none) of each customer with at least one counted event."""
     layout = plan.layout
@@ -112,7 +115,10 @@ def levels(plan: v.VectorPlan, data: Mapping[str, Any]) -> v.IntArray:
     ids = np.arange(n, dtype=np.int64) if key is None else key_column(data, key)
     lo = -np.inf if layout["since"] is None else layout["since"]
     hi = np.inf if layout["until"] is None else layout["until"]
-    used = (ids >= 0) & np.isfinite(time) & (time >= lo) & (time < hi) & (kind >= 0)
+    # A time beyond a few thousand years is a broken value, not an event: left out like a missing
+    # one (it would also overflow the segmented running max below).
+    sane = np.isfinite(time) & (np.abs(time) < _MAX_DAYS)
+    used = (ids >= 0) & sane & (time >= lo) & (time < hi) & (kind >= 0)
     idx = np.flatnonzero(used)
     order = idx[np.lexsort((idx, time[idx], ids[idx]))]  # by customer, time, row
     cid, t, k = ids[order], time[order], kind[order]

@@ -185,7 +185,8 @@ CONTRIBUTION_PARAMS = frozenset({"per_customer", "max_rows_per_customer", "max_g
 
 def customer_key(fields: Mapping[str, FieldSchema]) -> str | None:
     """The dataset's customer-key field, or ``None`` when its schema says one row is one customer."""
-    keys = sorted(name for name, schema in fields.items() if schema.type == CUSTOMER_KEY)
+    # Qualified names (``customers.id``) are another dataset's fields joined in, not this one's key.
+    keys = sorted(name for name, schema in fields.items() if schema.type == CUSTOMER_KEY and "." not in name)
     if len(keys) > 1:
         raise InvalidRequest(f"the dataset's schema has {len(keys)} customer keys; it must have at most one")
     return keys[0] if keys else None
