@@ -97,8 +97,34 @@ def _print_report(report: IngestReport) -> None:
         f"{report.dataset}: {report.status}; rows read {report.rows_read}, written {report.rows_written}, "
         f"rejected {report.rows_rejected}, unchanged {report.rows_unchanged}; customers created "
         f"{report.customers_created}, updated {report.customers_updated}; duplicates merged "
-        f"{report.duplicates_merged}"
+        f"{report.duplicates_merged}; refused: {report.rows_conflicted} in merge conflicts, "
+        f"{report.rows_erased} of erased customers"
     )
+    if report.merges:
+        merged = Table(
+            "merge", "kind", "kept", "merged", "matched by", "rows", title="merges (undo: node unmerge)"
+        )
+        for m in report.merges[:50]:
+            rows = ", ".join(map(str, m.get("rows", [])[:10]))
+            merged.add_row(
+                str(m["merge"]), m["kind"], str(m["kept"]), str(m["merged"] or "(row)"), m["matched_by"], rows
+            )
+        console.print(merged)
+    if report.conflicts:
+        refused = Table(
+            "rows", "customers", "fields that differ", "reason", title="merges refused (nothing written)"
+        )
+        for c in report.conflicts[:50]:
+            refused.add_row(
+                ", ".join(map(str, c["rows"][:10])),
+                ", ".join(map(str, c["customers"])) or "-",
+                ", ".join(c["fields"]) or "-",
+                c["reason"],
+            )
+        console.print(refused)
+    if report.erased_rows:
+        listed = ", ".join(map(str, report.erased_rows[:20]))
+        console.print(f"rows naming an erased customer, refused: {listed}")
     table = Table("field", "tier", "present", "missing", "invalid", "completeness")
     for f in report.fields:
         table.add_row(
@@ -316,7 +342,10 @@ def erase(
         removed = admin.erase(state, kind, value, default_region=region)
     finally:
         state.close()
-    console.print(f"customer erased: {removed} rows removed; a tombstone without PII was recorded")
+    console.print(
+        f"customer erased: {removed} rows removed; a tombstone without PII was recorded, and later "
+        "ingests refuse rows that name this customer"
+    )
 
 
 @friendly_errors
