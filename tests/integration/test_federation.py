@@ -72,6 +72,21 @@ def test_inventory_reports_every_node_schema_and_never_values(fed: Federation) -
                 assert row[column] not in text
 
 
+def test_egress_names_the_analyst_and_heads_are_anchored_at_the_coordinator(fed: Federation) -> None:
+    doc = _run(fed, JobSpec(analysis="inventory", dataset="customers", purpose="research"))
+    assert fed.store is not None
+    submitter = fed.store.get_job(doc["job_id"]).submitted_by
+    for name in PARTNERS:
+        ledger = fed.ledgers(name).egress
+        entries = [e for e in ledger.entries() if e.record.job_id == doc["job_id"]]
+        assert [e.record.analyst for e in entries] == [submitter]
+        head = ledger.head()
+        # The next heartbeats carry the head; the coordinator keeps it and the node stores its answer.
+        wait_for(lambda ledger=ledger, head=head: any(a[:2] == head for a in ledger.anchors()))
+        assert (head[0], head[1]) in [(s, h) for s, h, _ in fed.store.egress_anchors(name)]
+        assert ledger.verify().ok
+
+
 def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> None:
     # The example policies classify customers and transactions, not events.
     doc = _run(fed, JobSpec(analysis="inventory", dataset="events", purpose="research"))

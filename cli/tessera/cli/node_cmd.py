@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli import identity_cmd, vault_cmd
+from tessera.cli import egress_cmd, identity_cmd, vault_cmd
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
 from tessera.client.agent import NodeAgent, NodeConfig
@@ -24,6 +24,7 @@ from tessera.core.policy import load_policy
 app = typer.Typer(help="Run a partner's node beside its data.", no_args_is_help=True)
 vault_cmd.register(app)  # init, ingest, quality, rotate-keys, purge, erase, lookup, egress
 identity_cmd.register(app)  # merges, unmerge
+egress_cmd.register(app)  # egress report|verify, budget
 
 
 def parse_data_options(values: list[str]) -> dict[str, Path]:
