@@ -22,9 +22,10 @@ from tessera.client.dp_runner import NodeIdentity
 from tessera.client.outgoing import NodeLedgers, Outgoing
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
-from tessera.core.errors import TesseraError
+from tessera.core.errors import PkiError, TesseraError
 from tessera.core.grpc_status import MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, channel_credentials
+from tessera.core.pki.server_check import check_coordinator
 from tessera.core.policy import Policy
 from tessera.v1 import node_pb2, node_pb2_grpc
 
@@ -76,6 +77,8 @@ class NodeAgent:
         backoff = self.config.backoff_initial_s
         while not self._stop.is_set():
             try:
+                # Our own handshake first: the CRL and the real cause of a failure (see server_check).
+                check_coordinator(self.config.coordinator, self.config.tls)
                 with grpc.secure_channel(self.config.coordinator, creds, options=options) as channel:
                     stub = node_pb2_grpc.NodeServiceStub(channel)
                     interval = self._enrol(stub)
@@ -93,6 +96,8 @@ class NodeAgent:
                     finally:
                         beat_stop.set()
                         beat.join(timeout=2)
+            except PkiError as exc:
+                log.error("not connecting to %s: %s", self.config.coordinator, exc.message)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     break
@@ -190,8 +195,7 @@ class NodeAgent:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code == grpc.StatusCode.UNAVAILABLE:
             log.warning(
-                "coordinator unreachable at %s (is it running, and do both sides trust the same CA?)",
-                self.config.coordinator,
+                "coordinator unreachable at %s (is it running and listening there?)", self.config.coordinator
             )
         elif code == grpc.StatusCode.CANCELLED:
             log.info("task stream cancelled")
