@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,8 +73,16 @@ def test_inventory_reports_every_node_schema_and_never_values(fed: Federation) -
                 assert row[column] not in text
 
 
-def test_egress_names_the_analyst_and_heads_are_anchored_at_the_coordinator(fed: Federation) -> None:
+def test_egress_names_the_analyst_and_heads_are_anchored_at_the_coordinator(
+    fed: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tessera.node")
     doc = _run(fed, JobSpec(analysis="inventory", dataset="customers", purpose="research"))
+    # Each node logs one line per job and stage it served: ids, stage, outcome — never data.
+    line = f"task job={doc['job_id']} round=1 stage=local_report outcome=sent"
+    # (a node logs after its answer was accepted, which may be just after the job ended)
+    wait_for(lambda: [r.getMessage() for r in caplog.records].count(line) == len(PARTNERS))
+    assert not [r for r in caplog.records if doc["job_id"] in r.getMessage() and r.getMessage() != line]
     assert fed.store is not None
     submitter = fed.store.get_job(doc["job_id"]).submitted_by
     for name in PARTNERS:

@@ -177,7 +177,17 @@ class NodeAgent:
             # Recording or charging failed, so the message did not leave; say why instead.
             log.warning("not sent job=%s code=%s", task.job_id, exc.code)
             self.runner.dp.forget(task.job_id)
-            self._deliver(stub, _with_analyst(self.runner.veto(task, exc), task.submitter))
+            out = _with_analyst(self.runner.veto(task, exc), task.submitter)
+            self._deliver(stub, out)
+        # One line per job and stage for the operator: ids, stage, outcome — never data.
+        outcome = f"veto code={out.veto.veto.code}" if out.veto is not None else "sent"
+        log.info(
+            "task job=%s round=%d stage=%s outcome=%s",
+            task.job_id,
+            task.round,
+            serde.stage_from_pb(task.stage).value,
+            outcome,
+        )
         self._answered[task.task_id] = None
         while len(self._answered) > REMEMBERED_TASKS:
             self._answered.popitem(last=False)
