@@ -61,6 +61,11 @@ def issue(
         f"{issued.kind} certificate for [bold]{issued.name}[/] (serial {issued.serial:x}, "
         f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC): {issued.cert_path}, key {issued.key_path}"
     )
+    if kind == "coordinator":
+        console.print(
+            f"it is valid for {', '.join(hosts)} only: nodes and analysts must dial one of these names "
+            "(give every name with --host)"
+        )
 
 
 @app.command("request")

@@ -32,8 +32,8 @@ def test_init_issue_revoke_list(tmp_path: Path) -> None:
     d = str(tmp_path / "pki")
     assert _run("init", "--dir", d, "--consortium", "acme")[0] == 0
     assert _run("issue", "--dir", d, "--kind", "node", "--name", "bank-1")[0] == 0
-    code, _ = _run("issue", "--dir", d, "--kind", "coordinator", "--name", "co", "--host", "c.example")
-    assert code == 0
+    code, out = _run("issue", "--dir", d, "--kind", "coordinator", "--name", "co", "--host", "c.example")
+    assert code == 0 and "valid for c.example only" in out
     assert _run("issue", "--dir", d, "--kind", "analyst", "--name", "ann", "--role", "auditor")[0] == 0
     assert _run("revoke", "--dir", d, "--kind", "node", "--name", "bank-1")[0] == 0
     code, out = _run("list", "--dir", d)
