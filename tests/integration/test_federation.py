@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,6 +71,29 @@ def test_inventory_reports_every_node_schema_and_never_values(fed: Federation) -
         for row in rows[:5]:
             for column in ("email", "phone", "name", "customer_id"):
                 assert row[column] not in text
+
+
+def test_egress_names_the_analyst_and_heads_are_anchored_at_the_coordinator(
+    fed: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tessera.node")
+    doc = _run(fed, JobSpec(analysis="inventory", dataset="customers", purpose="research"))
+    # Each node logs one line per job and stage it served: ids, stage, outcome — never data.
+    line = f"task job={doc['job_id']} round=1 stage=local_report outcome=sent"
+    # (a node logs after its answer was accepted, which may be just after the job ended)
+    wait_for(lambda: [r.getMessage() for r in caplog.records].count(line) == len(PARTNERS))
+    assert not [r for r in caplog.records if doc["job_id"] in r.getMessage() and r.getMessage() != line]
+    assert fed.store is not None
+    submitter = fed.store.get_job(doc["job_id"]).submitted_by
+    for name in PARTNERS:
+        ledger = fed.ledgers(name).egress
+        entries = [e for e in ledger.entries() if e.record.job_id == doc["job_id"]]
+        assert [e.record.analyst for e in entries] == [submitter]
+        head = ledger.head()
+        # The next heartbeats carry the head; the coordinator keeps it and the node stores its answer.
+        wait_for(lambda ledger=ledger, head=head: any(a[:2] == head for a in ledger.anchors()))
+        assert (head[0], head[1]) in [(s, h) for s, h, _ in fed.store.egress_anchors(name)]
+        assert ledger.verify().ok
 
 
 def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> None:

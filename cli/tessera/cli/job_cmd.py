@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from tessera.cli._common import console, friendly_errors
+from tessera.cli.analyses_cmd import param_kinds
 from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User
 from tessera.core import serde
@@ -24,11 +25,23 @@ def _client(coordinator: str, pki: PkiDir, user: str) -> AnalystClient:
     return AnalystClient.from_pki(coordinator, pki, user)
 
 
-def _param(text: str) -> tuple[str, ParamValue]:
+def _param(text: str, kinds: dict[str, str] | None = None) -> tuple[str, ParamValue]:
+    """``NAME=VALUE`` typed: a list parameter (``kinds``, from the analysis' PARAMS) is split at
+    commas — numbers for a ``numbers`` parameter — and anything else is bool, int, float or text."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
         raise ConfigError(f"--param expects NAME=VALUE, got {text!r}")
+    kind = (kinds or {}).get(name)
     value: ParamValue
+    if kind == "numbers":
+        try:
+            return name, tuple(float(part) for part in raw.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--param {name} takes comma-separated numbers, e.g. {name}=0.25,0.5,0.75"
+            ) from None
+    if kind == "texts":
+        return name, tuple(part.strip() for part in raw.split(","))
     if raw.lower() in ("true", "false"):
         value = raw.lower() == "true"
     else:
@@ -55,7 +68,8 @@ def submit(
     delta: Annotated[float, typer.Option(help="δ asked for.")] = 0.0,
     participants: Annotated[str, typer.Option(help="Comma-separated node ids; empty = every node.")] = "",
     param: Annotated[
-        list[str] | None, typer.Option(help="Analysis parameter NAME=VALUE; repeatable.")
+        list[str] | None,
+        typer.Option(help="Analysis parameter NAME=VALUE; repeatable. `tessera analyses` lists them."),
     ] = None,
     deadline: Annotated[float, typer.Option(help="Seconds until the job must be done.")] = 600.0,
     watch: Annotated[bool, typer.Option(help="Follow progress until the job ends.")] = False,
@@ -72,7 +86,7 @@ def submit(
         epsilon=epsilon,
         delta=delta,
         participants=tuple(p.strip() for p in participants.split(",") if p.strip()),
-        params=dict(_param(p) for p in param or ()),
+        params=dict(_param(p, param_kinds(analysis)) for p in param or ()),
         deadline=datetime.now(UTC) + timedelta(seconds=deadline),
     )
     with _client(coordinator, pki, user) as client:

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from tessera.cli import coordinator_cmd, demo, job_cmd, node_cmd, pki_cmd, policy_cmd
+from tessera.cli import analyses_cmd, coordinator_cmd, demo, job_cmd, node_cmd, pki_cmd, policy_cmd
 from tessera.core import __version__
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(job_cmd.app, name="job")
 app.command("nodes")(job_cmd.nodes)
 app.command("audit")(job_cmd.audit)
 app.command("budget")(job_cmd.budget)
+app.command("analyses")(analyses_cmd.analyses)
 app.command("demo")(demo.demo)
 
 

@@ -61,6 +61,61 @@ def issue(
         f"{issued.kind} certificate for [bold]{issued.name}[/] (serial {issued.serial:x}, "
         f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC): {issued.cert_path}, key {issued.key_path}"
     )
+    if kind == "coordinator":
+        console.print(
+            f"it is valid for {', '.join(hosts)} only: nodes and analysts must dial one of these names "
+            "(give every name with --host)"
+        )
+
+
+@app.command("request")
+@friendly_errors
+def request(
+    pki_dir: DirOpt,
+    kind: KindOpt,
+    name: NameOpt,
+    role: Annotated[
+        str | None, typer.Option("--role", help="Analysts only: admin, analyst or auditor.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+) -> None:
+    """On the node (or analyst/coordinator machine): make a private key and a signing request for
+    the CA. The key stays here; send only the .csr file."""
+    from tessera.core.pki.csr import make_request
+
+    made = make_request(pki_dir, kind=kind, name=name, role=role, force=force)
+    console.print(f"private key {made.key_path} (0600): it stays on this machine")
+    console.print(f"signing request {made.csr_path}: send it to the consortium CA, which runs")
+    console.print(f"  tessera pki sign --dir CA_DIR --csr {made.csr_path.name}")
+    console.print(
+        f"then put the certificate it returns at {made.key_path.with_suffix('.pem')}, with ca.pem and crl.pem"
+    )
+
+
+@app.command("sign")
+@friendly_errors
+def sign(
+    pki_dir: DirOpt,
+    csr: Annotated[Path, typer.Option("--csr", help="The signing request made by `tessera pki request`.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the certificate here.")] = None,
+    days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Coordinator only: DNS name or IP (repeatable)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing certificate.")] = False,
+) -> None:
+    """At the CA: check a signing request and issue its certificate (no private key involved)."""
+    from tessera.core.pki.csr import sign_request
+
+    issued = sign_request(pki_dir, csr, days=days, hosts=tuple(host) if host else None, force=force)
+    if out is not None:
+        out.write_bytes(issued.cert_path.read_bytes())
+    console.print(
+        f"{issued.kind} certificate for [bold]{issued.name}[/] (serial {issued.serial:x}, valid until "
+        f"{issued.not_after:%Y-%m-%d %H:%M} UTC): {out or issued.cert_path}"
+    )
+    console.print("send it back with ca.pem and crl.pem; the private key never came here")
 
 
 @app.command("revoke")

@@ -12,13 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tessera.cli._common import console, fail, friendly_errors
-from tessera.client.egress import EgressLedger
 from tessera.client.vault import admin
 from tessera.client.vault.ingest import Ingestor, IngestRejected
 from tessera.client.vault.kek import LocalKek, create_key_file
@@ -27,7 +25,6 @@ from tessera.client.vault.mapping import load_mapping, mapping_for_columns
 from tessera.client.vault.quality import IngestReport, vault_quality
 from tessera.client.vault.sources import DEFAULT_MAX_BYTES, CsvSource, Source, SqlSource
 from tessera.client.vault.state import (
-    DB_FILE,
     KEY_FILE,
     NEXT_KEY_FILE,
     PROTECTED_COLUMNS,
@@ -97,8 +94,34 @@ def _print_report(report: IngestReport) -> None:
         f"{report.dataset}: {report.status}; rows read {report.rows_read}, written {report.rows_written}, "
         f"rejected {report.rows_rejected}, unchanged {report.rows_unchanged}; customers created "
         f"{report.customers_created}, updated {report.customers_updated}; duplicates merged "
-        f"{report.duplicates_merged}"
+        f"{report.duplicates_merged}; refused: {report.rows_conflicted} in merge conflicts, "
+        f"{report.rows_erased} of erased customers"
     )
+    if report.merges:
+        merged = Table(
+            "merge", "kind", "kept", "merged", "matched by", "rows", title="merges (undo: node unmerge)"
+        )
+        for m in report.merges[:50]:
+            rows = ", ".join(map(str, m.get("rows", [])[:10]))
+            merged.add_row(
+                str(m["merge"]), m["kind"], str(m["kept"]), str(m["merged"] or "(row)"), m["matched_by"], rows
+            )
+        console.print(merged)
+    if report.conflicts:
+        refused = Table(
+            "rows", "customers", "fields that differ", "reason", title="merges refused (nothing written)"
+        )
+        for c in report.conflicts[:50]:
+            refused.add_row(
+                ", ".join(map(str, c["rows"][:10])),
+                ", ".join(map(str, c["customers"])) or "-",
+                ", ".join(c["fields"]) or "-",
+                c["reason"],
+            )
+        console.print(refused)
+    if report.erased_rows:
+        listed = ", ".join(map(str, report.erased_rows[:20]))
+        console.print(f"rows naming an erased customer, refused: {listed}")
     table = Table("field", "tier", "present", "missing", "invalid", "completeness")
     for f in report.fields:
         table.add_row(
@@ -316,7 +339,10 @@ def erase(
         removed = admin.erase(state, kind, value, default_region=region)
     finally:
         state.close()
-    console.print(f"customer erased: {removed} rows removed; a tombstone without PII was recorded")
+    console.print(
+        f"customer erased: {removed} rows removed; a tombstone without PII was recorded, and later "
+        "ingests refuse rows that name this customer"
+    )
 
 
 @friendly_errors
@@ -354,92 +380,6 @@ def lookup(
     console.print(table)
 
 
-egress_app = typer.Typer(help="The node's egress ledger: what left the node and why.", no_args_is_help=True)
-
-
-def _ledger_engine(state_dir: Path, db_url: str | None) -> sa.Engine:
-    if db_url is None and not (state_dir / DB_FILE).exists():
-        raise ConfigError(
-            f"{state_dir} is not an initialised node state directory; run `tessera node init` first"
-        )
-    return sa.create_engine(db_url or f"sqlite:///{state_dir / DB_FILE}")
-
-
-def _day(text: str | None, name: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a date like 2026-11-01 or an ISO date-time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@egress_app.command("report")
-@friendly_errors
-def egress_report(
-    state_dir: StateDir,
-    since: Annotated[str | None, typer.Option("--since", help="From this date (UTC), inclusive.")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="Up to this date (UTC), exclusive.")] = None,
-    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
-    db_url: DbUrl = None,
-    as_json: AsJson = False,
-) -> None:
-    """Print exactly what left the node, when, why and at what privacy cost."""
-    engine = _ledger_engine(state_dir, db_url)
-    try:
-        rows = EgressLedger(engine).report(_day(since, "--since"), _day(until, "--until"), job_id=job)
-    finally:
-        engine.dispose()
-    if as_json:
-        _json([r.as_dict() for r in rows])
-        return
-    # A screen-wide summary for the compliance officer; --json carries every column in full.
-    table = Table(
-        "seq",
-        "time (UTC)",
-        "job",
-        "stage",
-        "purpose",
-        "analysis",
-        "fields",
-        "ε",
-        "bytes",
-        "sha256",
-        title=f"egress ledger: {len(rows)} entries (all columns: --json)",
-    )
-    for row in rows:
-        doc = row.as_dict()
-        fields = str(doc.get("fields") or "-")
-        table.add_row(
-            str(doc["seq"]),
-            str(doc["time"])[:19].replace("T", " "),
-            str(doc["job_id"])[:12],
-            str(doc["stage"]),
-            str(doc["purpose"]),
-            str(doc["analysis"]),
-            fields,
-            f"{doc['epsilon']:g}",
-            str(doc["bytes"]),
-            str(doc["payload_sha256"])[:12],
-        )
-    console.print(table)
-
-
-@egress_app.command("verify")
-@friendly_errors
-def egress_verify(state_dir: StateDir, db_url: DbUrl = None) -> None:
-    """Check the hash chain: any edited, removed, inserted or reordered entry is named."""
-    engine = _ledger_engine(state_dir, db_url)
-    try:
-        result = EgressLedger(engine).verify()
-    finally:
-        engine.dispose()
-    if not result.ok:
-        raise fail(f"the egress ledger is broken: {result.reason}")
-    console.print(f"egress ledger intact: {result.entries_checked} entries verified")
-
-
 def register(app: typer.Typer) -> None:
     """Add the vault commands to `tessera node`."""
     app.command("init")(init)
@@ -449,4 +389,3 @@ def register(app: typer.Typer) -> None:
     app.command("purge")(purge)
     app.command("erase")(erase)
     app.command("lookup")(lookup)
-    app.add_typer(egress_app, name="egress")

@@ -8,6 +8,7 @@ answered, so a task is never computed twice in one node lifetime.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -21,9 +22,10 @@ from tessera.client.dp_runner import NodeIdentity
 from tessera.client.outgoing import NodeLedgers, Outgoing
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
-from tessera.core.errors import TesseraError
+from tessera.core.errors import PkiError, TesseraError
 from tessera.core.grpc_status import MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, channel_credentials
+from tessera.core.pki.server_check import check_coordinator
 from tessera.core.policy import Policy
 from tessera.v1 import node_pb2, node_pb2_grpc
 
@@ -75,6 +77,8 @@ class NodeAgent:
         backoff = self.config.backoff_initial_s
         while not self._stop.is_set():
             try:
+                # Our own handshake first: the CRL and the real cause of a failure (see server_check).
+                check_coordinator(self.config.coordinator, self.config.tls)
                 with grpc.secure_channel(self.config.coordinator, creds, options=options) as channel:
                     stub = node_pb2_grpc.NodeServiceStub(channel)
                     interval = self._enrol(stub)
@@ -92,6 +96,8 @@ class NodeAgent:
                     finally:
                         beat_stop.set()
                         beat.join(timeout=2)
+            except PkiError as exc:
+                log.error("not connecting to %s: %s", self.config.coordinator, exc.message)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     break
@@ -124,14 +130,30 @@ class NodeAgent:
         return max(int(response.heartbeat_interval_ms), 200) / 1000.0
 
     def _heartbeat(self, stub: node_pb2_grpc.NodeServiceStub, interval: float, stop: threading.Event) -> None:
-        request = node_pb2.HeartbeatRequest(node_version=__version__, policy_hash=self.policy.policy_hash)
         while not stop.wait(interval) and not self._stop.is_set():
             try:
-                if stub.Heartbeat(request, timeout=interval * 2).re_enrol:
-                    self._enrol(stub)
+                self.beat(stub, timeout=interval * 2)
             except grpc.RpcError:
                 # The task stream notices a dead coordinator too and drives the reconnect.
                 continue
+            except TesseraError as exc:  # the node's database was briefly unavailable
+                log.warning("heartbeat skipped code=%s", exc.code)
+
+    def beat(self, stub: node_pb2_grpc.NodeServiceStub, *, timeout: float = RPC_TIMEOUT_S) -> None:
+        """One heartbeat: carries the egress head (anchoring it at the coordinator) and stores the
+        head the coordinator acknowledges, which ``egress verify`` checks the chain against."""
+        seq, head = self.ledgers.egress.head()
+        request = node_pb2.HeartbeatRequest(
+            node_version=__version__,
+            policy_hash=self.policy.policy_hash,
+            egress_head=node_pb2.EgressHead(seq=seq, hash=head),
+        )
+        response = stub.Heartbeat(request, timeout=timeout)
+        anchored = response.anchored_head
+        if anchored.seq and self.ledgers.egress.acknowledge(anchored.seq, anchored.hash):
+            log.debug("egress head anchored seq=%d", anchored.seq)
+        if response.re_enrol:
+            self._enrol(stub)
 
     def _serve_tasks(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
         call = stub.ReceiveTasks(node_pb2.ReceiveTasksRequest())
@@ -148,14 +170,24 @@ class NodeAgent:
         log.info("task stream ended by the coordinator")
 
     def _answer(self, stub: node_pb2_grpc.NodeServiceStub, task: node_pb2.Task) -> None:
-        out = self.runner.handle(task)
+        out = _with_analyst(self.runner.handle(task), task.submitter)
         try:
             self._deliver(stub, out)
         except TesseraError as exc:
             # Recording or charging failed, so the message did not leave; say why instead.
             log.warning("not sent job=%s code=%s", task.job_id, exc.code)
             self.runner.dp.forget(task.job_id)
-            self._deliver(stub, self.runner.veto(task, exc))
+            out = _with_analyst(self.runner.veto(task, exc), task.submitter)
+            self._deliver(stub, out)
+        # One line per job and stage for the operator: ids, stage, outcome — never data.
+        outcome = f"veto code={out.veto.veto.code}" if out.veto is not None else "sent"
+        log.info(
+            "task job=%s round=%d stage=%s outcome=%s",
+            task.job_id,
+            task.round,
+            serde.stage_from_pb(task.stage).value,
+            outcome,
+        )
         self._answered[task.task_id] = None
         while len(self._answered) > REMEMBERED_TASKS:
             self._answered.popitem(last=False)
@@ -173,8 +205,7 @@ class NodeAgent:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code == grpc.StatusCode.UNAVAILABLE:
             log.warning(
-                "coordinator unreachable at %s (is it running, and do both sides trust the same CA?)",
-                self.config.coordinator,
+                "coordinator unreachable at %s (is it running and listening there?)", self.config.coordinator
             )
         elif code == grpc.StatusCode.CANCELLED:
             log.info("task stream cancelled")
@@ -182,3 +213,10 @@ class NodeAgent:
             name = code.name if code is not None else "UNKNOWN"
             details = exc.details() if isinstance(exc, grpc.Call) else ""
             log.warning("coordinator refused the node: %s %s", name, details)
+
+
+def _with_analyst(out: Outgoing, analyst: str) -> Outgoing:
+    """The ledger names who asked: the job's submitter as the coordinator relayed it."""
+    if not analyst or out.record.analyst:
+        return out
+    return dataclasses.replace(out, record=dataclasses.replace(out.record, analyst=analyst[:128]))

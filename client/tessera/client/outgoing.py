@@ -61,7 +61,9 @@ class NodeLedgers:
 
 def open_ledgers(engine: Engine, policy: Policy) -> NodeLedgers:
     """The node's egress and budget ledgers in its database (tables created if missing)."""
+    egress = EgressLedger(engine)
+    # Reservations and releases are chained into the egress ledger too (see ``BudgetLedger``).
     return NodeLedgers(
-        egress=EgressLedger(engine),
-        budget=BudgetLedger(engine, limits=policy.privacy, policy_hash=policy.policy_hash),
+        egress=egress,
+        budget=BudgetLedger(engine, limits=policy.privacy, policy_hash=policy.policy_hash, egress=egress),
     )

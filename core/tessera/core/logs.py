@@ -28,6 +28,20 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc, sort_keys=True)
 
 
+class _OneLineForLibraries(logging.Filter):
+    """gRPC logs every malformed request with a full traceback (``Exception deserializing request!``):
+    one line with the exception's type is enough, and a traceback could quote request bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("grpc") and record.exc_info and record.exc_info[0] is not None:
+            message = record.getMessage()
+            record.msg = f"{message} ({record.exc_info[0].__name__})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(*, level: str = "info", fmt: str = "text", file: Path | None = None) -> None:
     handler: logging.Handler
     if file is not None:
@@ -44,6 +58,7 @@ def configure_logging(*, level: str = "info", fmt: str = "text", file: Path | No
         )
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
+    handler.addFilter(_OneLineForLibraries())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/node.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tessera/v1/common.proto\"|\n\x0c\x45nrolRequest\x12\x14\n\x0cnode_version\x18\x01 \x01(\t\x12)\n\x06policy\x18\x02 \x01(\x0b\x32\x19.tessera.v1.PolicySummary\x12+\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x19.tessera.v1.DatasetSchema\"\\\n\rEnrolResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63oordinator_version\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\"=\n\x10HeartbeatRequest\x12\x14\n\x0cnode_version\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x02 \x01(\t\"V\n\x11HeartbeatResponse\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08re_enrol\x18\x02 \x01(\x08\"\x15\n\x13ReceiveTasksRequest\"#\n\x10PollTasksRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\"4\n\x11PollTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.tessera.v1.Task\"\xe9\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12 \n\x05stage\x18\x04 \x01(\x0e\x32\x11.tessera.v1.Stage\x12!\n\x04spec\x18\x05 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12\x13\n\x0bstage_input\x18\x06 \x01(\x0c\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cparticipants\x18\x08 \x03(\t\x12\x13\n\x0bround_input\x18\t \x01(\x0c\"\xed\x01\n\x0cRoundMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12 \n\x05stage\x18\x04 \x01(\x0e\x32\x11.tessera.v1.Stage\x12\x30\n\tinventory\x18\n \x01(\x0b\x32\x1b.tessera.v1.InventoryReportH\x00\x12)\n\x06secagg\x18\x0b \x01(\x0b\x32\x17.tessera.v1.OpaqueStageH\x00\x12&\n\x03psi\x18\x0c \x01(\x0b\x32\x17.tessera.v1.OpaqueStageH\x00\x42\x06\n\x04\x62ody\"*\n\x0bOpaqueStage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x63odec\x18\x02 \x01(\t\"\x7f\n\x0fInventoryReport\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.tessera.v1.PolicySummary\x12+\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x19.tessera.v1.DatasetSchema\x12\x14\n\x0cnode_version\x18\x03 \x01(\t\"~\n\nVetoReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12 \n\x05stage\x18\x04 \x01(\x0e\x32\x11.tessera.v1.Stage\x12\x1e\n\x04veto\x18\x05 \x01(\x0b\x32\x10.tessera.v1.Veto\"-\n\tSubmitAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xa8\x03\n\x0bNodeService\x12<\n\x05\x45nrol\x12\x18.tessera.v1.EnrolRequest\x1a\x19.tessera.v1.EnrolResponse\x12H\n\tHeartbeat\x12\x1c.tessera.v1.HeartbeatRequest\x1a\x1d.tessera.v1.HeartbeatResponse\x12\x43\n\x0cReceiveTasks\x12\x1f.tessera.v1.ReceiveTasksRequest\x1a\x10.tessera.v1.Task0\x01\x12H\n\tPollTasks\x12\x1c.tessera.v1.PollTasksRequest\x1a\x1d.tessera.v1.PollTasksResponse\x12\x45\n\x12SubmitRoundMessage\x12\x18.tessera.v1.RoundMessage\x1a\x15.tessera.v1.SubmitAck\x12;\n\nReportVeto\x12\x16.tessera.v1.VetoReport\x1a\x15.tessera.v1.SubmitAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tessera/v1/node.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tessera/v1/common.proto\"|\n\x0c\x45nrolRequest\x12\x14\n\x0cnode_version\x18\x01 \x01(\t\x12)\n\x06policy\x18\x02 \x01(\x0b\x32\x19.tessera.v1.PolicySummary\x12+\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x19.tessera.v1.DatasetSchema\"\\\n\rEnrolResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63oordinator_version\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\"j\n\x10HeartbeatRequest\x12\x14\n\x0cnode_version\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x02 \x01(\t\x12+\n\x0b\x65gress_head\x18\x03 \x01(\x0b\x32\x16.tessera.v1.EgressHead\"\x85\x01\n\x11HeartbeatResponse\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08re_enrol\x18\x02 \x01(\x08\x12-\n\ranchored_head\x18\x03 \x01(\x0b\x32\x16.tessera.v1.EgressHead\"\'\n\nEgressHead\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\"\x15\n\x13ReceiveTasksRequest\"#\n\x10PollTasksRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\"4\n\x11PollTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.tessera.v1.Task\"\xfc\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12 \n\x05stage\x18\x04 \x01(\x0e\x32\x11.tessera.v1.Stage\x12!\n\x04spec\x18\x05 \x01(\x0b\x32\x13.tessera.v1.JobSpec\x12\x13\n\x0bstage_input\x18\x06 \x01(\x0c\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cparticipants\x18\x08 \x03(\t\x12\x13\n\x0bround_input\x18\t \x01(\x0c\x12\x11\n\tsubmitter\x18\n \x01(\t\"\xed\x01\n\x0cRoundMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12 \n\x05stage\x18\x04 \x01(\x0e\x32\x11.tessera.v1.Stage\x12\x30\n\tinventory\x18\n \x01(\x0b\x32\x1b.tessera.v1.InventoryReportH\x00\x12)\n\x06secagg\x18\x0b \x01(\x0b\x32\x17.tessera.v1.OpaqueStageH\x00\x12&\n\x03psi\x18\x0c \x01(\x0b\x32\x17.tessera.v1.OpaqueStageH\x00\x42\x06\n\x04\x62ody\"*\n\x0bOpaqueStage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x63odec\x18\x02 \x01(\t\"\x7f\n\x0fInventoryReport\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.tessera.v1.PolicySummary\x12+\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x19.tessera.v1.DatasetSchema\x12\x14\n\x0cnode_version\x18\x03 \x01(\t\"~\n\nVetoReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12 \n\x05stage\x18\x04 \x01(\x0e\x32\x11.tessera.v1.Stage\x12\x1e\n\x04veto\x18\x05 \x01(\x0b\x32\x10.tessera.v1.Veto\"-\n\tSubmitAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xa8\x03\n\x0bNodeService\x12<\n\x05\x45nrol\x12\x18.tessera.v1.EnrolRequest\x1a\x19.tessera.v1.EnrolResponse\x12H\n\tHeartbeat\x12\x1c.tessera.v1.HeartbeatRequest\x1a\x1d.tessera.v1.HeartbeatResponse\x12\x43\n\x0cReceiveTasks\x12\x1f.tessera.v1.ReceiveTasksRequest\x1a\x10.tessera.v1.Task0\x01\x12H\n\tPollTasks\x12\x1c.tessera.v1.PollTasksRequest\x1a\x1d.tessera.v1.PollTasksResponse\x12\x45\n\x12SubmitRoundMessage\x12\x18.tessera.v1.RoundMessage\x1a\x15.tessera.v1.SubmitAck\x12;\n\nReportVeto\x12\x16.tessera.v1.VetoReport\x1a\x15.tessera.v1.SubmitAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLRESPONSE']._serialized_start=221
   _globals['_ENROLRESPONSE']._serialized_end=313
   _globals['_HEARTBEATREQUEST']._serialized_start=315
-  _globals['_HEARTBEATREQUEST']._serialized_end=376
-  _globals['_HEARTBEATRESPONSE']._serialized_start=378
-  _globals['_HEARTBEATRESPONSE']._serialized_end=464
-  _globals['_RECEIVETASKSREQUEST']._serialized_start=466
-  _globals['_RECEIVETASKSREQUEST']._serialized_end=487
-  _globals['_POLLTASKSREQUEST']._serialized_start=489
-  _globals['_POLLTASKSREQUEST']._serialized_end=524
-  _globals['_POLLTASKSRESPONSE']._serialized_start=526
-  _globals['_POLLTASKSRESPONSE']._serialized_end=578
-  _globals['_TASK']._serialized_start=581
-  _globals['_TASK']._serialized_end=814
-  _globals['_ROUNDMESSAGE']._serialized_start=817
-  _globals['_ROUNDMESSAGE']._serialized_end=1054
-  _globals['_OPAQUESTAGE']._serialized_start=1056
-  _globals['_OPAQUESTAGE']._serialized_end=1098
-  _globals['_INVENTORYREPORT']._serialized_start=1100
-  _globals['_INVENTORYREPORT']._serialized_end=1227
-  _globals['_VETOREPORT']._serialized_start=1229
-  _globals['_VETOREPORT']._serialized_end=1355
-  _globals['_SUBMITACK']._serialized_start=1357
-  _globals['_SUBMITACK']._serialized_end=1402
-  _globals['_NODESERVICE']._serialized_start=1405
-  _globals['_NODESERVICE']._serialized_end=1829
+  _globals['_HEARTBEATREQUEST']._serialized_end=421
+  _globals['_HEARTBEATRESPONSE']._serialized_start=424
+  _globals['_HEARTBEATRESPONSE']._serialized_end=557
+  _globals['_EGRESSHEAD']._serialized_start=559
+  _globals['_EGRESSHEAD']._serialized_end=598
+  _globals['_RECEIVETASKSREQUEST']._serialized_start=600
+  _globals['_RECEIVETASKSREQUEST']._serialized_end=621
+  _globals['_POLLTASKSREQUEST']._serialized_start=623
+  _globals['_POLLTASKSREQUEST']._serialized_end=658
+  _globals['_POLLTASKSRESPONSE']._serialized_start=660
+  _globals['_POLLTASKSRESPONSE']._serialized_end=712
+  _globals['_TASK']._serialized_start=715
+  _globals['_TASK']._serialized_end=967
+  _globals['_ROUNDMESSAGE']._serialized_start=970
+  _globals['_ROUNDMESSAGE']._serialized_end=1207
+  _globals['_OPAQUESTAGE']._serialized_start=1209
+  _globals['_OPAQUESTAGE']._serialized_end=1251
+  _globals['_INVENTORYREPORT']._serialized_start=1253
+  _globals['_INVENTORYREPORT']._serialized_end=1380
+  _globals['_VETOREPORT']._serialized_start=1382
+  _globals['_VETOREPORT']._serialized_end=1508
+  _globals['_SUBMITACK']._serialized_start=1510
+  _globals['_SUBMITACK']._serialized_end=1555
+  _globals['_NODESERVICE']._serialized_start=1558
+  _globals['_NODESERVICE']._serialized_end=1982
 # @@protoc_insertion_point(module_scope)

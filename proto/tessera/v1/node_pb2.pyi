@@ -81,17 +81,23 @@ class HeartbeatRequest(_message.Message):
 
     NODE_VERSION_FIELD_NUMBER: _builtins.int
     POLICY_HASH_FIELD_NUMBER: _builtins.int
+    EGRESS_HEAD_FIELD_NUMBER: _builtins.int
     node_version: _builtins.str
     policy_hash: _builtins.str
+    @_builtins.property
+    def egress_head(self) -> Global___EgressHead:
+        """the node's egress-ledger head, anchored at the coordinator"""
+
     def __init__(
         self,
         *,
         node_version: _builtins.str = ...,
         policy_hash: _builtins.str = ...,
+        egress_head: Global___EgressHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress_head", b"egress_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_version", b"node_version", "policy_hash", b"policy_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_head", b"egress_head", "node_version", b"node_version", "policy_hash", b"policy_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -103,23 +109,53 @@ class HeartbeatResponse(_message.Message):
 
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     RE_ENROL_FIELD_NUMBER: _builtins.int
+    ANCHORED_HEAD_FIELD_NUMBER: _builtins.int
     re_enrol: _builtins.bool
     """the coordinator lost or distrusts this node's enrolment"""
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def anchored_head(self) -> Global___EgressHead:
+        """the latest head the coordinator keeps for this node (the"""
+
     def __init__(
         self,
         *,
         server_time: _timestamp_pb2.Timestamp | None = ...,
         re_enrol: _builtins.bool = ...,
+        anchored_head: Global___EgressHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchored_head", b"anchored_head", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["re_enrol", b"re_enrol", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchored_head", b"anchored_head", "re_enrol", b"re_enrol", "server_time", b"server_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class EgressHead(_message.Message):
+    """The head of a node's hash-chained egress ledger: last entry's seq and its hash (64 hex)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    hash: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EgressHead: _TypeAlias = EgressHead  # noqa: Y015
 
 @_typing.final
 class ReceiveTasksRequest(_message.Message):
@@ -191,6 +227,7 @@ class Task(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     ROUND_INPUT_FIELD_NUMBER: _builtins.int
+    SUBMITTER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     job_id: _builtins.str
     round: _builtins.int
@@ -199,6 +236,10 @@ class Task(_message.Message):
     """opaque stage input (e.g. peers' signed keys); may be MBs"""
     round_input: _builtins.bytes
     """the round's public input (JSON; e.g. the previous round's"""
+    submitter: _builtins.str
+    """released centroids or weights), the same for every node
+    the analyst who submitted the job (the egress ledger names them)
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
     @_builtins.property
@@ -219,10 +260,11 @@ class Task(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         participants: _abc.Iterable[_builtins.str] | None = ...,
         round_input: _builtins.bytes = ...,
+        submitter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "participants", b"participants", "round", b"round", "round_input", b"round_input", "spec", b"spec", "stage", b"stage", "stage_input", b"stage_input", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "participants", b"participants", "round", b"round", "round_input", b"round_input", "spec", b"spec", "stage", b"stage", "stage_input", b"stage_input", "submitter", b"submitter", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

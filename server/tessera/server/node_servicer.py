@@ -73,9 +73,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             known = self.jobs.store.touch_node(node_id, now=now)
             if known and request.policy_hash:
                 known = self.jobs.store.get_node(node_id).policy.policy_hash == request.policy_hash
+            head = request.egress_head
+            anchored = self.jobs.store.anchor_egress_head(node_id, head.seq, head.hash, now=now)
         except TesseraError as exc:
             abort(context, exc)
-        response = node_pb2.HeartbeatResponse(re_enrol=not known)
+        response = node_pb2.HeartbeatResponse(
+            re_enrol=not known, anchored_head=node_pb2.EgressHead(seq=anchored[0], hash=anchored[1])
+        )
         response.server_time.FromDatetime(now)
         return response
 
@@ -166,6 +170,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             stage_input=task.stage_input,
             round_input=task.round_input,
             participants=list(job.participants),
+            submitter=job.submitted_by,
         )
         if task.deadline is not None:
             msg.deadline.FromDatetime(task.deadline)

@@ -141,3 +141,15 @@ def test_audit_log_newest_first(store: SqlStore) -> None:
     store.audit(actor="alice", role="analyst", action="job.submit", now=T0, outcome="accepted")
     store.audit(actor="root", role="admin", action="job.cancel", now=T0 + timedelta(seconds=1))
     assert [a.actor for a in store.list_audit(limit=10)] == ["root", "alice"]
+
+
+def test_egress_heads_are_kept_first_hash_wins(store: SqlStore) -> None:
+    assert store.anchor_egress_head("bank", 0, "", now=T0) == (0, "")
+    assert store.anchor_egress_head("bank", 3, "a" * 64, now=T0) == (3, "a" * 64)
+    # The same seq with another hash (a re-chained ledger) does not replace what was anchored.
+    assert store.anchor_egress_head("bank", 3, "b" * 64, now=T0) == (3, "a" * 64)
+    assert store.anchor_egress_head("bank", 5, "c" * 64, now=T0 + timedelta(seconds=2)) == (5, "c" * 64)
+    # A head that went back (a cut tail) is still answered with the latest anchored one.
+    assert store.anchor_egress_head("bank", 4, "d" * 64, now=T0) == (5, "c" * 64)
+    assert [(s, h[0]) for s, h, _ in store.egress_anchors("bank")] == [(3, "a"), (4, "d"), (5, "c")]
+    assert store.egress_anchors("telco") == []

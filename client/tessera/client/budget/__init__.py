@@ -4,6 +4,7 @@ record, what a job does not use is released; ρ adds, ε is only displayed."""
 
 from __future__ import annotations
 
+from tessera.client.budget._chain import check_engine as check_budget_chain
 from tessera.client.budget._schema import metadata
 from tessera.client.budget.ledger import BudgetLedger
 from tessera.client.budget.records import (
@@ -29,5 +30,6 @@ __all__ = [
     "Reservation",
     "ReservationState",
     "RoundCharge",
+    "check_budget_chain",
     "metadata",
 ]

@@ -27,6 +27,12 @@ write lock; PostgreSQL: a row lock; see ``_store``) and only then reads what is 
 so writers queue across threads and processes and two reservations can never both take the last of
 the budget. A charge then locks the egress head (the egress ledger's own lock), always in this
 order, so the two locks cannot deadlock. The egress ledger passed in must use this ledger's database.
+
+Chained: given ``egress=`` (the node does), a reservation and a release are appended to the egress
+hash chain too (stage ``budget.reserve`` / ``budget.release``, nothing sent, ρ 0 — the rounds'
+charges are already chained with their releases), in the same transaction. :meth:`verify_against`
+then checks the budget tables against the chain: a deleted or edited reservation or charge is
+named, however the tables were rewritten, as long as the chain itself verifies.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from tessera.client.budget import _migrate, _store
+from tessera.client.budget import _chain, _migrate, _store
 from tessera.client.budget._accounting import (
     RHO_SLACK,
     Capacity,
@@ -84,6 +90,7 @@ class BudgetLedger:
         policy_hash: str,
         clock: Clock = _utcnow,
         reservation_ttl: timedelta = timedelta(hours=1),
+        egress: EgressLedger | None = None,
     ) -> None:
         if not isinstance(policy_hash, str) or not policy_hash:
             raise InvalidRequest("the budget ledger needs the policy hash of the policy it enforces")
@@ -96,6 +103,7 @@ class BudgetLedger:
         self._ttl = reservation_ttl
         self._period = timedelta(days=limits.period_days)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._egress = egress
         _migrate.ensure_schema(engine, now=self._now(None))
 
     @staticmethod
@@ -171,6 +179,9 @@ class BudgetLedger:
             row.policy_hash = self._policy_hash
             row.expires_at = moment + self._ttl
             row.settled_at = None
+            self._chain(
+                session, "budget.reserve", row, {"rho_reserved": float(row.rho), "rounds": row.rounds}
+            )
             return _store.load(session, row, moment)
 
         return _store.run_locked(self._sessions, work)
@@ -276,10 +287,13 @@ class BudgetLedger:
         def work(session: Session) -> Reservation:
             row = _store.row_of(session, reservation)
             if _store.is_open(row):
-                left = row.rho - _store.spent_of(session, row.id)
+                spent = _store.spent_of(session, row.id)
+                left = row.rho - spent
                 done = left <= RHO_SLACK * row.rho
                 row.state = (ReservationState.SPENT if done else ReservationState.RELEASED).value
                 row.settled_at = moment
+                noise = {"rho_spent": float(spent), "rho_returned": float(max(left, 0.0))}
+                self._chain(session, "budget.release", row, noise)
             return _store.load(session, row, moment)
 
         return _store.run_locked(self._sessions, work)
@@ -324,7 +338,34 @@ class BudgetLedger:
             charges = _store.charges_of(session, [r.id for r in rows])
             return [_store.reservation_of(row, charges[row.id], moment) for row in rows]
 
+    def verify_against(self, egress: EgressLedger) -> str | None:
+        """Check the budget tables against the egress chain (verify the chain first); returns the
+        first discrepancy as a sentence, or None. Every release in the chain must have its charge,
+        every charge its chained release, every chained reservation its row."""
+        return _chain.check(self._sessions, egress.entries())
+
     # -- internals ---------------------------------------------------------------------------------
+
+    def _chain(
+        self, session: Session, stage: str, row: BudgetReservationRow, noise: dict[str, float | int]
+    ) -> None:
+        if self._egress is None:
+            return
+        record = EgressRecord(
+            job_id=row.job_id[:128],
+            round=0,
+            stage=stage,
+            purpose="budget",
+            analysis="budget",
+            fields=(),
+            shape=(),
+            noise=noise,
+            rho=0.0,
+            epsilon=0.0,
+            delta=0.0,
+            policy_hash=self._policy_hash,
+        )
+        self._egress.record(record, b"", session=session)  # nothing leaves: an empty payload
 
     def _charge(
         self,

@@ -35,6 +35,7 @@ class EgressEntryRow(EgressBase):
     payload_sha256: Mapped[str] = mapped_column(sa.String(64))
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    analyst: Mapped[str] = mapped_column(sa.String(128), default="", server_default="")
 
 
 class EgressHeadRow(EgressBase):
@@ -50,3 +51,13 @@ class EgressHeadRow(EgressBase):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(sa.BigInteger)
     hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class EgressAnchorRow(EgressBase):
+    """A head the coordinator acknowledged (its heartbeat answer): the chain must still hold it."""
+
+    __tablename__ = "egress_anchor"
+
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    acknowledged_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

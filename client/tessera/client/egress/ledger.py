@@ -9,8 +9,12 @@ start that transaction with a write: a transaction that only read cannot always 
 writer while another writer holds the lock and fails with "database is locked" (retry it).
 
 The chain proves order and integrity against edits made without recomputing hashes; a person with
-write access to the database can rebuild a whole chain, so publish :meth:`EgressLedger.head`
-elsewhere (e.g. to the coordinator) when tamper-*evidence* against the operator is needed.
+write access to the database can rebuild a whole chain or cut its tail and move the head. So the
+node publishes :meth:`EgressLedger.head` with every heartbeat; the coordinator keeps every head it
+receives and answers with the latest it holds, which the node stores (:meth:`acknowledge`).
+:meth:`verify` then also checks that the chain still holds every acknowledged head: a truncated
+ledger ends before one, a re-chained one has another hash at its seq. (An operator who also deletes
+the acknowledged heads is caught by the coordinator's copy: ``egress_anchors`` in its store.)
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tessera.client.egress._schema import EgressBase, EgressEntryRow, EgressHeadRow
+from tessera.client.egress._schema import EgressAnchorRow, EgressBase, EgressEntryRow, EgressHeadRow
 from tessera.client.egress.records import (
     GENESIS_HASH,
     EgressEntry,
@@ -66,6 +70,7 @@ def _record_of(row: EgressEntryRow) -> EgressRecord:
         epsilon=row.epsilon,
         delta=row.delta,
         policy_hash=row.policy_hash,
+        analyst=row.analyst or "",
     )
 
 
@@ -92,6 +97,17 @@ class EgressLedger:
 
     def _ensure_tables(self) -> None:
         EgressBase.metadata.create_all(self._engine)
+        columns = {c["name"] for c in sa.inspect(self._engine).get_columns("egress_ledger")}
+        if "analyst" not in columns:  # a ledger made before the analyst was recorded
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        sa.text(
+                            "ALTER TABLE egress_ledger ADD COLUMN analyst VARCHAR(128) NOT NULL DEFAULT ''"
+                        )
+                    )
+            except sa.exc.OperationalError:
+                pass  # another process added it first
         try:
             with self._sessions.begin() as session:
                 if session.get(EgressHeadRow, _HEAD_ID) is None:
@@ -147,6 +163,7 @@ class EgressLedger:
                 epsilon=float(record.epsilon),
                 delta=float(record.delta),
                 policy_hash=record.policy_hash,
+                analyst=record.analyst,
                 byte_length=len(payload),
                 payload_sha256=digest,
                 prev_hash=last_hash,
@@ -166,6 +183,30 @@ class EgressLedger:
             if row is None:
                 raise StoreError("the egress ledger has no head row; its tables are damaged")
             return row.seq, row.hash
+
+    def acknowledge(self, seq: int, hash_hex: str, *, at: datetime | None = None) -> bool:
+        """Store a head the coordinator acknowledged (from a heartbeat answer); True if it was new.
+        A head the node's own chain does not hold is stored too: ``verify`` reports it."""
+        if seq <= 0 or len(hash_hex) != 64:
+            return False
+        with self._sessions.begin() as session:
+            if session.get(EgressAnchorRow, seq) is not None:
+                return False
+            session.add(EgressAnchorRow(seq=seq, hash=hash_hex, acknowledged_at=_as_utc(at or self._clock())))
+            return True
+
+    def anchors(self) -> list[tuple[int, str, datetime]]:
+        """The acknowledged heads: (seq, hash, when), by seq."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(sa.select(EgressAnchorRow).order_by(EgressAnchorRow.seq))
+            return [
+                (
+                    r.seq,
+                    r.hash,
+                    r.acknowledged_at if r.acknowledged_at.tzinfo else r.acknowledged_at.replace(tzinfo=UTC),
+                )
+                for r in rows
+            ]
 
     def entries(
         self, since: datetime | None = None, until: datetime | None = None, *, job_id: str | None = None
@@ -192,7 +233,10 @@ class EgressLedger:
 
     def verify(self) -> VerifyResult:
         """Recompute the whole chain; names the first ``seq`` that was edited, removed, inserted or
-        moved. Reads every entry once (streamed); cost is one SHA-256 per entry."""
+        moved, and any head the coordinator acknowledged that the chain no longer holds (entries cut
+        from the tail, or rewritten and re-chained). Reads every entry once (streamed); cost is one
+        SHA-256 per entry."""
+        anchors = {seq: (h, at) for seq, h, at in self.anchors()}
         with self._sessions.begin() as session:
             head = session.get(EgressHeadRow, _HEAD_ID)
             head_state = None if head is None else (head.seq, head.hash)
@@ -200,12 +244,17 @@ class EgressLedger:
                 sa.select(EgressEntryRow).order_by(EgressEntryRow.seq).execution_options(yield_per=500)
             )
             try:
-                return _check_chain(rows, head_state)
+                return _check_chain(rows, head_state, anchors)
             finally:
                 rows.close()  # a server-side cursor (PostgreSQL) must not outlive an early return
 
 
-def _check_chain(rows: Iterable[EgressEntryRow], head: tuple[int, str] | None) -> VerifyResult:
+def _check_chain(
+    rows: Iterable[EgressEntryRow],
+    head: tuple[int, str] | None,
+    anchors: dict[int, tuple[str, datetime]] | None = None,
+) -> VerifyResult:
+    anchors = anchors or {}
     prev, expected, checked = GENESIS_HASH, 1, 0
     for row in rows:
         if row.seq != expected:
@@ -219,6 +268,25 @@ def _check_chain(rows: Iterable[EgressEntryRow], head: tuple[int, str] | None) -
         if row.prev_hash != prev.hex() or row.hash != recomputed.hex():
             return VerifyResult(False, checked, row.seq, f"entry {row.seq} does not match the chain")
         prev, expected, checked = recomputed, expected + 1, checked + 1
+        anchored = anchors.get(row.seq)
+        if anchored is not None and anchored[0] != row.hash:
+            return VerifyResult(
+                False,
+                checked,
+                row.seq,
+                f"entry {row.seq} differs from the head the coordinator acknowledged on "
+                f"{anchored[1]:%Y-%m-%d %H:%M} UTC: the ledger was rewritten and re-chained",
+            )
+    beyond = sorted(seq for seq in anchors if seq > checked)
+    if beyond:
+        seq = beyond[-1]
+        return VerifyResult(
+            False,
+            checked,
+            checked + 1,
+            f"the coordinator acknowledged entry {seq} on {anchors[seq][1]:%Y-%m-%d %H:%M} UTC but the "
+            f"ledger ends at entry {checked}: entries from {checked + 1} on were removed",
+        )
     if head is None:
         return VerifyResult(False, checked, expected, "the ledger head is missing")
     if head != (checked, prev.hex()):

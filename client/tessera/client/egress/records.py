@@ -2,7 +2,8 @@
 
 Chain rule (version 1): ``hash_n = SHA-256("tessera.egress.v1\\0" || hash_{n-1} || canonical(entry_n))``
 with ``hash_0`` = 32 zero bytes. ``canonical`` is compact JSON with sorted keys of every field of the
-entry except the hashes themselves, including ``seq`` and the UTC time with microseconds, so an
+entry except the hashes themselves (``analyst`` only when known, so entries written before it
+existed still verify), including ``seq`` and the UTC time with microseconds, so an
 edited field, a removed or inserted entry and a reordering all break the chain at the first
 affected ``seq``. The payload itself is never stored: only its byte length and SHA-256.
 """
@@ -47,8 +48,11 @@ class EgressRecord:
     epsilon: float
     delta: float
     policy_hash: str
+    analyst: str = ""  # who asked: the job's submitter as the coordinator relayed it ("" = unknown)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.analyst, str) or len(self.analyst) > 128:
+            raise InvalidRequest("egress record field analyst must be a text of at most 128 characters")
         for name in ("job_id", "stage", "purpose", "analysis", "policy_hash"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -118,6 +122,8 @@ def canonical_bytes(
         "byte_length": byte_length,
         "payload_sha256": payload_sha256,
     }
+    if record.analyst:
+        body["analyst"] = record.analyst
     # repr-exact floats, sorted keys, no whitespace: one byte string per entry on every platform.
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
         "ascii"
@@ -143,6 +149,7 @@ REPORT_COLUMNS = (
     "seq",
     "time",
     "job_id",
+    "analyst",
     "round",
     "stage",
     "purpose",
@@ -166,6 +173,7 @@ class ReportRow:
     seq: int
     time: str
     job_id: str
+    analyst: str
     round: int
     stage: str
     purpose: str
@@ -187,6 +195,7 @@ class ReportRow:
             seq=entry.seq,
             time=utc_text(entry.time),
             job_id=r.job_id,
+            analyst=r.analyst,
             round=r.round,
             stage=r.stage,
             purpose=r.purpose,

@@ -12,6 +12,13 @@
   the same row a no-op;
 * ``vault_merge`` and ``vault_tombstone``: what One ID merged and what was erased or purged — ids,
   kinds, counts and times only, never PII;
+* ``vault_lookup_index``: blind indexes of identifiers that do not merge on their own (a phone a
+  household shares): several customers may hold one, so lookups and facts use it only when it
+  names exactly one customer;
+* ``vault_merge_detail`` and ``vault_split``: what each merge moved (so ``node unmerge`` can undo
+  it) and the customers an operator separated (never merged again);
+* ``vault_erased_index``: the tombstone of an erased customer's match keys, keyed again (PII-free),
+  so a later ingest refuses rows of a customer who asked to be forgotten;
 * ``vault_ingest_run`` and ``vault_sequence``: resumable ingestion checkpoints and the id counter.
 """
 
@@ -142,6 +149,42 @@ class Sequence(ModelBase):
 
     name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     value: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class LookupIndex(ModelBase):
+    __tablename__ = "vault_lookup_index"
+
+    index: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    customer_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+
+
+class MergeDetail(ModelBase):
+    """One merge's particulars (JSON of ids, kinds, field names and blind indexes — never values)."""
+
+    __tablename__ = "vault_merge_detail"
+
+    merge_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # "customers" (two stored) or "rows" (a row joined)
+    matched_by: Mapped[str] = mapped_column(sa.String(256))  # the match rules that linked them
+    detail: Mapped[str] = mapped_column(sa.Text)
+    undone_at: Mapped[datetime | None] = mapped_column(_TS)
+
+
+class Split(ModelBase):
+    """Two customers an operator separated with ``node unmerge``: a later ingest must not join them."""
+
+    __tablename__ = "vault_split"
+
+    low_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    high_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+
+
+class ErasedIndex(ModelBase):
+    __tablename__ = "vault_erased_index"
+
+    digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # IdentityIndex.tombstone
+    tombstone_id: Mapped[int] = mapped_column(sa.Integer)
 
 
 DATA_TABLES = (Customer, PiiValue, Identifier, Attribute, Transaction, Event, Merge, Tombstone)

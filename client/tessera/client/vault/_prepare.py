@@ -17,8 +17,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from tessera.client.vault.identity import IdentityIndex
-from tessera.client.vault.mapping import Mapping
+from tessera.client.vault.identity import IdentityIndex, fold_text
+from tessera.client.vault.mapping import Mapping, MatchRule
 from tessera.client.vault.normalise import BadValue, Value, parse_value, text_of
 from tessera.client.vault.quality import RowError
 
@@ -34,7 +34,10 @@ class Prepared:
     a fact's record is empty and its ``keyed`` entry names only its customer reference."""
 
     records: list[tuple[int, dict[str, Value]]] = field(default_factory=list)
-    keyed: list[list[tuple[str, str]]] = field(default_factory=list)  # (kind, index hex) per record
+    # (kind, index hex) per record: for customers its One ID match keys, for facts its reference.
+    keyed: list[list[tuple[str, str]]] = field(default_factory=list)
+    # Customers: indexes of identifiers outside every one-field match rule (lookup only, never merge).
+    lookups: list[list[tuple[str, str]]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
     counts: list[list[int]] = field(default_factory=list)  # per column: present, missing, invalid
     rows: int = 0
@@ -51,6 +54,7 @@ class Prepared:
         return Prepared(
             records=[self.records[i] for i in keep],
             keyed=[self.keyed[i] for i in keep] if self.keyed else [],
+            lookups=[self.lookups[i] for i in keep] if self.lookups else [],
             errors=self.errors,
             counts=self.counts,
             rows=len(keep),
@@ -97,6 +101,9 @@ def prepare_chunk(
     identity = IdentityIndex(index_key) if index_key is not None else None
     out = Prepared(counts=[[0, 0, 0] for _ in mapping.columns])
     identifiers = [(c.field, c.identifier) for c in mapping.columns if c.identifier]
+    rules = mapping.rules()
+    alone = {r.kind for r in rules if r.kind != "combined"}
+    kinds = dict(identifiers)
     out.samples = {i: [] for i in sample}
     for number, values in rows:
         out.rows += 1
@@ -130,22 +137,47 @@ def prepare_chunk(
                 RowError(number, None, "no identifier (customer_id, email, phone or national id) is given")
             )
             bad = True
+        complete = [r for r in rules if all(record.get(f) is not None for f in r.fields)]
+        if keys and rules and not complete:
+            out.errors.append(
+                RowError(
+                    number,
+                    None,
+                    "no One ID match rule is complete ("
+                    + "; ".join(r.label for r in rules)
+                    + "): the row cannot be told apart from other customers",
+                )
+            )
+            bad = True
         if bad:
             continue
         if identity is None:
             out.records.append((number, record))
             continue
-        indexes = [(kind, identity.index(kind, text)) for kind, text in keys]
         if mapping.dataset == "customers":
             out.records.append((number, record))
-            out.keyed.append(indexes)
-        else:
-            # A fact needs only its reference and storable columns from here on: the values stay
-            # behind so the chunk costs less to send back from a worker and to keep in memory.
-            out.records.append((number, {}))
-            out.keyed.append(indexes[:1])
-            out.facts.append(fact_row(mapping.dataset, indexes[0][1], record))
+            out.keyed.append([_match_key(identity, rule, record, kinds) for rule in complete])
+            out.lookups.append(
+                [(kind, identity.index(kind, text)) for kind, text in keys if kind not in alone]
+            )
+            continue
+        indexes = [(kind, identity.index(kind, text)) for kind, text in keys]
+        # A fact needs only its reference and storable columns from here on: the values stay
+        # behind so the chunk costs less to send back from a worker and to keep in memory.
+        out.records.append((number, {}))
+        out.keyed.append(indexes[:1])
+        out.facts.append(fact_row(mapping.dataset, indexes[0][1], record))
     return out
+
+
+def _match_key(
+    identity: IdentityIndex, rule: MatchRule, record: dict[str, Value], kinds: dict[str, str]
+) -> tuple[str, str]:
+    """(kind, index) of one complete match rule; identifiers are already standardised."""
+    if rule.kind != "combined":
+        return rule.kind, identity.index(rule.kind, str(record[rule.fields[0]]))
+    texts = [str(record[f]) if f in kinds else fold_text(text_of(record[f])) for f in rule.fields]
+    return "combined", identity.combined(rule.fields, texts)
 
 
 def bounded_map(

@@ -38,7 +38,7 @@ from tessera.client.vault.identity import IdentityIndex
 from tessera.client.vault.mapping import Mapping
 from tessera.client.vault.normalise import Value
 from tessera.client.vault.pii import looks_like_pii
-from tessera.client.vault.quality import FieldQuality, IngestReport, RowError
+from tessera.client.vault.quality import MAX_LISTED, FieldQuality, IngestReport, RowError
 from tessera.client.vault.sources import Source
 from tessera.core.errors import ConfigError, InvalidRequest, PolicyViolation
 from tessera.core.policy import Policy
@@ -262,9 +262,12 @@ class Ingestor:
         chunk: Prepared,
         errors: list[RowError],
         session: Session | None = None,
+        *,
+        erased: list[int] | None = None,
     ) -> list[tuple[int, str, dict[str, Any]]]:
-        """Find each fact row's customer by the blind index; an unknown customer is a row error.
-        Returns (customer id, fingerprint, columns) per row."""
+        """Find each fact row's customer by the blind index (or a lookup-only identifier that names
+        one customer); an unknown customer is a row error, one who was erased is listed in
+        ``erased`` (when given) and left out. Returns (customer id, fingerprint, columns) per row."""
         records = chunk.records
         if chunk.keyed:  # indexed in the worker: the first identifier given names the customer
             refs = [indexes[0][1] for indexes in chunk.keyed]
@@ -281,15 +284,28 @@ class Ingestor:
                 self._refs.clear()
                 missing = set(refs)
             if session is not None:
-                found = _writer.lookup_indexes(session, missing)
+                found = _find_refs(session, missing)
             else:
                 with self._sessions() as own:
-                    found = _writer.lookup_indexes(own, missing)
+                    found = _find_refs(own, missing)
             self._refs.update(found)
+        unknown = {r for r in refs if r not in self._refs}
+        gone: set[str] = set()
+        if unknown:
+            tomb = {self.vault.identity.tombstone(r): r for r in unknown}
+            if session is not None:
+                hit = _writer._erased(session, set(tomb))
+            else:
+                with self._sessions() as own:
+                    hit = _writer._erased(own, set(tomb))
+            gone = {tomb[d] for d in hit}
         out = []
         for (number, _), ref, (key, columns) in zip(records, refs, facts, strict=True):
             cid = self._refs.get(ref)
-            if cid is None:
+            if cid is None and ref in gone:
+                if erased is not None:
+                    erased.append(number)
+            elif cid is None:
                 errors.append(
                     RowError(number, None, "no customer in the vault matches this row's identifier")
                 )
@@ -377,12 +393,22 @@ class Ingestor:
                         cipher=self.vault.cipher,
                         now=now,
                         run_id=run_id,
+                        numbers=[n for n, _ in chunk.records],
+                        lookups=chunk.lookups,
+                        tombstone=self.vault.identity.tombstone,
                     )
                 else:
-                    resolved = self._resolve(mapping, chunk, errors, session)
+                    erased: list[int] = []
+                    resolved = self._resolve(mapping, chunk, errors, session, erased=erased)
                     if errors:
                         raise changed
                     counts = _writer.write_facts(session, mapping.dataset, resolved, now=now)
+                    counts.erased, counts.erased_rows = len(erased), erased
+                report.rows_erased += counts.erased
+                report.erased_rows.extend(counts.erased_rows[: MAX_LISTED - len(report.erased_rows)])
+                report.merges.extend(counts.merges[: MAX_LISTED - len(report.merges)])
+                report.conflicts.extend(counts.conflicts[: MAX_LISTED - len(report.conflicts)])
+                report.rows_conflicted += sum(len(c["rows"]) for c in counts.conflicts)
                 report.customers_created += counts.created
                 report.customers_updated += counts.updated
                 report.duplicates_merged += counts.merged
@@ -417,7 +443,15 @@ class Ingestor:
         yield from self._prepared(source, mapping, executor, done)
 
 
-def _add_counts(report: IngestReport, previous: dict[str, int]) -> None:
+def _find_refs(session: Session, refs: set[str]) -> dict[str, int]:
+    found = _writer.lookup_indexes(session, refs)
+    rest = refs - set(found)
+    if rest:
+        found.update(_writer.lookup_unique(session, rest))
+    return found
+
+
+def _add_counts(report: IngestReport, previous: dict[str, Any]) -> None:
     """A resumed run keeps the counts of the batches committed before the interruption."""
     for name in (
         "customers_created",
@@ -425,5 +459,9 @@ def _add_counts(report: IngestReport, previous: dict[str, int]) -> None:
         "duplicates_merged",
         "rows_unchanged",
         "rows_written",
+        "rows_erased",
+        "rows_conflicted",
     ):
         setattr(report, name, getattr(report, name) + int(previous.get(name, 0)))
+    for name in ("merges", "conflicts", "erased_rows"):
+        getattr(report, name)[:0] = list(previous.get(name, []))

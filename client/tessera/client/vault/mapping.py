@@ -16,6 +16,20 @@ unclassified field is refused with the policy file to edit); ``type`` defaults t
 type. ``identifier`` marks a column for the blind index (default: by field name ``email``,
 ``phone``, ``national_id``, ``customer_id``). ``on_invalid: missing`` turns an unparsable value
 into a missing one (counted in the quality report) instead of rejecting its batch.
+
+``match`` (customers only) lists One ID's match rules: each rule is a list of fields; two records
+are one customer when every field of some rule is equal in both. A one-field rule merges on its
+own; a rule of several fields merges only when all of them agree. The default::
+
+    match:
+      - [customer_id]       # the partner's own customer id
+      - [national_id]
+      - [email]
+      - [phone, name]       # a household shares a phone: the phone alone never merges
+
+(each rule only when its fields are mapped). An identifier outside every one-field rule (the
+phone, by default) still finds customers for ``node lookup``/``erase`` and for transactions, as
+long as it names exactly one customer.
 """
 
 from __future__ import annotations
@@ -55,6 +69,8 @@ CANONICAL = {
     "events": ("event_id", "time", "event_type"),
 }
 _CANONICAL_TYPES = {"time": "datetime", "amount": "amount"}
+# Kinds that merge on their own by default, in this order; a phone merges only with the name.
+ALONE_BY_DEFAULT = ("customer_id", "national_id", "email")
 _POLICY_TYPES = {"string", "category", "int", "float", "bool", "date"}
 
 
@@ -74,6 +90,7 @@ class _MappingDoc(BaseModel):
     default_region: str | None = None
     timezone: str = "UTC"
     columns: dict[str, _ColumnDoc]
+    match: list[list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +107,25 @@ class ColumnMap:
 
 
 @dataclass(frozen=True, slots=True)
+class MatchRule:
+    """Records whose ``fields`` are all equal are one customer. ``kind`` is the identifier kind of a
+    one-field rule on an identifier column (its blind index is that identifier's), else ``combined``."""
+
+    fields: tuple[str, ...]
+    kind: str
+
+    @property
+    def label(self) -> str:
+        return " + ".join(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
 class Mapping:
     dataset: str
     columns: tuple[ColumnMap, ...]
     default_region: str | None = None
     timezone: str = "UTC"
+    match: tuple[tuple[str, ...], ...] | None = None  # None: the default rules
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -118,14 +149,49 @@ class Mapping:
                 raise ConfigError(
                     f"column {col.source!r} has an unknown type; use one of {', '.join(VALUE_TYPES)}"
                 )
+        if self.match is not None:
+            if self.dataset != "customers":
+                raise ConfigError("match rules belong in a customers mapping")
+            for rule in self.match:
+                unknown = [f for f in rule if f not in targets]
+                if not rule or unknown or len(set(rule)) != len(rule):
+                    raise ConfigError(
+                        f"match rule {list(rule)} must name distinct fields that the mapping feeds"
+                        + (f" ({', '.join(unknown)} is not)" if unknown else "")
+                    )
+        if self.dataset == "customers" and not self.rules():
+            raise ConfigError(
+                "no One ID match rule applies: map customer_id, national_id or email, or phone "
+                "together with name, or write match rules in the mapping"
+            )
         if self.dataset != "customers" and not any(c.identifier for c in self.columns):
             raise ConfigError(
                 f"a {self.dataset} mapping needs a column that names the customer "
                 "(field customer_id, email, phone or national_id)"
             )
 
+    def rules(self) -> tuple[MatchRule, ...]:
+        """The match rules in force (customers only): the mapping's, or the default ones."""
+        if self.dataset != "customers":
+            return ()
+        kinds = {c.field: c.identifier for c in self.columns if c.identifier}
+        if self.match is not None:
+            fields_of = self.match
+        else:
+            by_kind = {kind: f for f, kind in kinds.items()}
+            picked: list[tuple[str, ...]] = [(by_kind[k],) for k in ALONE_BY_DEFAULT if k in by_kind]
+            if "phone" in by_kind and any(c.field == "name" for c in self.columns):
+                picked.append((by_kind["phone"], "name"))
+            fields_of = tuple(picked)
+        return tuple(
+            MatchRule(rule, kinds[rule[0]] if len(rule) == 1 and rule[0] in kinds else "combined")
+            for rule in fields_of
+        )
+
     def digest(self) -> str:
         doc = [self.dataset, self.default_region, self.timezone, [list(_astuple(c)) for c in self.columns]]
+        if self.match is not None:  # absent from older digests: a mapping without rules keeps its runs
+            doc.append([list(r) for r in self.match])
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -208,6 +274,7 @@ def load_mapping(path: Path, policy: Policy) -> Mapping:
         )
         for source, spec in doc.columns.items()
     )
-    mapping = Mapping(doc.dataset, cols, doc.default_region, doc.timezone)
+    match = tuple(tuple(rule) for rule in doc.match) if doc.match is not None else None
+    mapping = Mapping(doc.dataset, cols, doc.default_region, doc.timezone, match)
     check_against_policy(mapping, policy)
     return mapping

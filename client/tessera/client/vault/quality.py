@@ -11,11 +11,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tessera.client.vault._model import Attribute, Customer, Event, Merge, PiiValue, Tombstone, Transaction
+from tessera.client.vault._model import (
+    Attribute,
+    Customer,
+    Event,
+    Merge,
+    MergeDetail,
+    PiiValue,
+    Tombstone,
+    Transaction,
+)
 from tessera.core.policy import Policy
 from tessera.core.types import Tier
 
 MAX_LISTED_ERRORS = 100
+MAX_LISTED = 1000  # merges, conflicts and refused rows listed per report (counts are complete)
 _CUSTOMER_COLUMNS = {
     "region": Customer.region,
     "channel": Customer.channel,
@@ -63,6 +73,11 @@ class IngestReport:
     customers_updated: int = 0
     duplicates_merged: int = 0
     rows_unchanged: int = 0
+    rows_erased: int = 0  # refused: they name a customer who was erased (tombstone)
+    rows_conflicted: int = 0  # refused: a merge whose records disagree (listed in ``conflicts``)
+    merges: list[dict[str, Any]] = field(default_factory=list)  # the merge report of this ingest
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    erased_rows: list[int] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
     fields: list[FieldQuality] = field(default_factory=list)
 
@@ -123,7 +138,14 @@ def vault_quality(engine: sa.Engine, policy: Policy) -> dict[str, Any]:
             "customers": total,
             "transactions": conn.scalar(sa.select(sa.func.count()).select_from(Transaction)) or 0,
             "events": conn.scalar(sa.select(sa.func.count()).select_from(Event)) or 0,
-            "merges": conn.scalar(sa.select(sa.func.count()).select_from(Merge)) or 0,
+            # Undone merges (``node unmerge``) no longer count: the same number the ingest reports gave.
+            "merges": conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(Merge)
+                .join(MergeDetail, MergeDetail.merge_id == Merge.id, isouter=True)
+                .where(MergeDetail.undone_at.is_(None))
+            )
+            or 0,
             "tombstones": conn.scalar(sa.select(sa.func.count()).select_from(Tombstone)) or 0,
             "fields": fields,
         }

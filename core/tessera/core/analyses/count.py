@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import contribution as c
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -34,6 +35,9 @@ INFO = AnalysisInfo(
     stages=v.DP_STAGES,
     min_nodes=3,
 )
+
+# Parameters, for `tessera analyses` (documentation only: ``plan`` decides what is accepted).
+PARAMS = (*_docs.GROUPS, _docs.MAX_ROWS, _docs.MAX_GROUPS)
 
 
 def plan(spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int) -> v.VectorPlan:

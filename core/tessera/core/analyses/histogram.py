@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import contribution as c
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -41,6 +42,33 @@ INFO = AnalysisInfo(
     resumable=False,
     stages=v.DP_STAGES,
     min_nodes=3,
+)
+
+# Parameters, for `tessera analyses` (documentation only: ``plan`` decides what is accepted).
+PARAMS = (
+    _docs.ParamDoc(
+        "field", "field", "-", "-", "the field to bin (numeric or category); count's rows if left out"
+    ),
+    _docs.ParamDoc(
+        "lower",
+        "number",
+        "required (numeric)",
+        "field units",
+        "the lowest bin edge; values below are clipped",
+    ),
+    _docs.ParamDoc(
+        "upper",
+        "number",
+        "required (numeric)",
+        "field units",
+        "the highest bin edge; values above are clipped",
+    ),
+    _docs.ParamDoc(
+        "bins", "integer", "required (numeric)", "bins", "equal-width bins between lower and upper"
+    ),
+    _docs.ParamDoc("categories", "texts", "-", "-", "the public categories of a category field"),
+    *_docs.CONTRIBUTION,
+    *_docs.GROUPS,
 )
 MAX_BINS = 1 << 20
 MAX_CELLS = 1 << 20

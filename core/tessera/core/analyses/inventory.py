@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.types import DatasetSchema, PolicySummary, Stage, Veto
 
@@ -20,6 +21,9 @@ INFO = AnalysisInfo(
     resumable=True,
     stages=(Stage.LOCAL_REPORT,),
 )
+
+# Parameters, for `tessera analyses`: inventory takes none.
+PARAMS: tuple[_docs.ParamDoc, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import sums
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -29,6 +30,9 @@ INFO = AnalysisInfo(
     stages=v.DP_STAGES,
     min_nodes=3,
 )
+
+# Parameters, for `tessera analyses` (documentation only: ``plan`` decides what is accepted).
+PARAMS = (*_docs.BOUNDS, _docs.PER_CUSTOMER, _docs.MAX_GROUPS, *_docs.GROUPS)
 
 
 def plan(spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int) -> v.VectorPlan:

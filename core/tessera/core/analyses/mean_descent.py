@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import contribution as c
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -40,6 +41,19 @@ INFO = AnalysisInfo(
     resumable=True,
     stages=v.DP_STAGES,
     min_nodes=3,
+)
+
+# Parameters, for `tessera analyses` (documentation only: ``plan`` decides what is accepted).
+PARAMS = (
+    *_docs.BOUNDS,
+    _docs.ParamDoc(
+        "rounds", "integer", "10", "rounds", "at most this many DP rounds (the budget covers them all)"
+    ),
+    _docs.ParamDoc("learning_rate", "number", "0.5", "-", "step size, in (0, 1]"),
+    _docs.ParamDoc(
+        "tolerance", "number", "0", "fraction of upper - lower", "stop once a step moves less than this"
+    ),
+    _docs.PER_CUSTOMER,
 )
 VALUE_BITS = 24
 _PARAMS = frozenset(

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import histogram
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -46,6 +47,23 @@ INFO = AnalysisInfo(
     resumable=False,
     stages=v.DP_STAGES,
     min_nodes=3,
+)
+
+# Parameters, for `tessera analyses` (documentation only: ``plan`` decides what is accepted).
+PARAMS = (
+    *_docs.BOUNDS,
+    _docs.ParamDoc(
+        "bins", "integer", "64", "bins", "resolution of the DP histogram the quantiles are read from"
+    ),
+    _docs.ParamDoc(
+        "levels",
+        "numbers",
+        "0.25,0.5,0.75",
+        "fractions",
+        "the quantile levels, each strictly between 0 and 1",
+    ),
+    *_docs.CONTRIBUTION,
+    *_docs.GROUPS,
 )
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
 

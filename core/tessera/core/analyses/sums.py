@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import contribution as c
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -46,6 +47,9 @@ INFO = AnalysisInfo(
     stages=v.DP_STAGES,
     min_nodes=3,
 )
+
+# Parameters, for `tessera analyses` (documentation only: ``plan`` decides what is accepted).
+PARAMS = (*_docs.BOUNDS, _docs.PER_CUSTOMER, _docs.MAX_GROUPS, *_docs.GROUPS)
 # Why 24 bits: one customer moves the sum part by up to 2^23 units, so the part's DP sigma is at
 # least 2^23/sqrt(2ρ_part) (~2.6e6 units at ρ_part = 5) while stochastic rounding adds at most
 # sqrt(n)/2 units of sd over n customers (5e3 at n = 1e8): rounding stays far below the DP noise

@@ -175,30 +175,18 @@ def issue(
         raise PkiError(
             f"a {kind} certificate named {name} already exists; use --force (force=True) to replace it"
         )
-    consortium_attrs = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    consortium = str(consortium_attrs[0].value) if consortium_attrs else "tessera"
     key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "coordinator" else ExtendedKeyUsageOID.CLIENT_AUTH
-    not_after = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject_for(consortium=consortium, kind=kind, name=name, role=role))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+    cert = certify(
+        ca_cert,
+        ca_key,
+        key.public_key(),
+        kind=kind,
+        name=name,
+        role=role,
+        days=days,
+        hosts=hosts,
+        start=start,
     )
-    if kind == "coordinator":
-        builder = builder.add_extension(_hosts_san(hosts), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
     write_atomic(key_path, key_pem(key), mode=0o600)
     write_atomic(cert_path, cert_pem(cert))
     return IssuedCert(
@@ -210,6 +198,45 @@ def issue(
         cert_path=cert_path,
         key_path=key_path,
     )
+
+
+def certify(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    kind: str,
+    name: str,
+    role: str | None,
+    days: int,
+    hosts: Sequence[str],
+    start: dt.datetime,
+) -> x509.Certificate:
+    """The CA's certificate for ``public_key`` (made here by :func:`issue`, or on the node and sent
+    in a signing request): the subject is written by the CA, never copied from a request."""
+    consortium_attrs = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    consortium = str(consortium_attrs[0].value) if consortium_attrs else "tessera"
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "coordinator" else ExtendedKeyUsageOID.CLIENT_AUTH
+    not_after = min(start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject_for(consortium=consortium, kind=kind, name=name, role=role))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - _BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if kind == "coordinator":
+        builder = builder.add_extension(_hosts_san(hosts), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 def revoke(pki_dir: Path, *, kind: str, name: str, now: dt.datetime | None = None) -> int:

@@ -117,3 +117,16 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(String(32), default="")
     outcome: Mapped[str] = mapped_column(Text, default="")
+
+
+class EgressAnchorRow(Base):
+    """A node's egress-ledger head as its heartbeat reported it: every (node, seq) once, the first
+    hash received kept. The node's chain must still hold these, so a truncated or re-chained
+    ledger is caught by the node's `egress verify` and by anyone reading this table."""
+
+    __tablename__ = "egress_anchors"
+
+    node_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

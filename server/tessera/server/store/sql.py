@@ -17,7 +17,15 @@ from tessera.core import serde
 from tessera.core.errors import Conflict, NotFound, StoreError, Unavailable
 from tessera.core.types import DatasetSchema, JobSpec, JobState, PolicySummary, Stage, Veto
 from tessera.server.store.migrate import upgrade
-from tessera.server.store.models import AuditRow, EventRow, JobRow, NodeRow, RoundRow, TaskRow
+from tessera.server.store.models import (
+    AuditRow,
+    EgressAnchorRow,
+    EventRow,
+    JobRow,
+    NodeRow,
+    RoundRow,
+    TaskRow,
+)
 from tessera.server.store.records import (
     AuditRecord,
     EventRecord,
@@ -131,6 +139,31 @@ class SqlStore:
         with self._tx() as s:
             result = s.execute(update(NodeRow).where(NodeRow.node_id == node_id).values(last_seen=now))
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def anchor_egress_head(self, node_id: str, seq: int, hash_hex: str, *, now: datetime) -> tuple[int, str]:
+        """Keep a node's egress head (the first hash received for each seq wins) and return the
+        latest head kept for the node, ``(0, "")`` if none: what the node stores as acknowledged."""
+        with self._tx() as s:
+            if seq > 0 and len(hash_hex) == 64 and s.get(EgressAnchorRow, (node_id, seq)) is None:
+                s.add(EgressAnchorRow(node_id=node_id, seq=seq, hash=hash_hex, received_at=now))
+                s.flush()
+            row = s.scalars(
+                select(EgressAnchorRow)
+                .where(EgressAnchorRow.node_id == node_id)
+                .order_by(EgressAnchorRow.seq.desc())
+                .limit(1)
+            ).first()
+            return (row.seq, row.hash) if row is not None else (0, "")
+
+    def egress_anchors(self, node_id: str) -> list[tuple[int, str, datetime]]:
+        """Every head anchored for ``node_id``: (seq, hash, received at), by seq."""
+        with self._tx() as s:
+            rows = s.scalars(
+                select(EgressAnchorRow)
+                .where(EgressAnchorRow.node_id == node_id)
+                .order_by(EgressAnchorRow.seq)
+            )
+            return [(r.seq, r.hash, _utc(r.received_at)) for r in rows]
 
     def get_node(self, node_id: str) -> NodeRecord:
         with self._tx() as s:

@@ -158,7 +158,7 @@ def test_verify_detects_insertions(ledger: EgressLedger, engine: sa.Engine) -> N
     _sql(
         engine,
         "INSERT INTO egress_ledger SELECT 2, time, job_id, round, stage, purpose, analysis, fields, shape,"
-        " noise, rho, epsilon, delta, policy_hash, byte_length, payload_sha256, prev_hash, :h"
+        " noise, rho, epsilon, delta, policy_hash, byte_length, payload_sha256, prev_hash, :h, analyst"
         " FROM egress_ledger WHERE seq = 1",
         h="f" * 64,
     )

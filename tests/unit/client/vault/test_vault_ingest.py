@@ -133,9 +133,12 @@ def test_same_file_twice_changes_nothing(state: NodeState, tmp_path: Path) -> No
 
 
 def test_worker_processes_give_the_same_result(state: NodeState, tmp_path: Path) -> None:
-    rows = "".join(f"C{i},N{i},u{i % 7}@example.com,,,north,2024-01-01,{i},false\n" for i in range(30))
+    # Seven customers, each delivered several times with the same values: 23 duplicates merged.
+    rows = "".join(
+        f"C{i % 7},N{i % 7},u{i % 7}@example.com,,,north,2024-01-01,{i % 7},false\n" for i in range(30)
+    )
     report = _ingest(state, _csv(tmp_path, HEADER + rows), batch_size=4, workers=2)
-    assert (report.customers_created, report.duplicates_merged, report.rows_read) == (7, 23, 30)
+    assert (report.customers_created, report.rows_unchanged, report.rows_read) == (7, 23, 30)
     bad = _csv(tmp_path, HEADER + rows + "C99,x,x@example.com,,,north,never,1,false\n", "bad.csv")
     with pytest.raises(IngestRejected, match="row 31"):
         _ingest(state, bad, batch_size=4, workers=2)
@@ -234,17 +237,16 @@ def test_pii_override_lets_a_column_through(state: NodeState, tmp_path: Path) ->
 
 
 def test_one_id_merges_customers_and_records_it(state: NodeState, tmp_path: Path) -> None:
-    _ingest(state, _csv(tmp_path, HEADER + "C1,Ada,ada@example.com,,,north,,,\nC2,Ann,,07700 900123,,,,5,\n"))
+    _ingest(state, _csv(tmp_path, HEADER + ",Ada,ada@example.com,,,north,,,\nC2,,,07700 900123,,,,5,\n"))
     _ingest(
         state,
         _csv(tmp_path, "customer_id,time,amount,category\nC2,2024-03-01,5,food\n", "t.csv"),
         "transactions",
     )
-    # A row that carries C1's email and C2's phone proves they are one person.
-    report = _ingest(
-        state, _csv(tmp_path, HEADER + "C9,Ada,ada@example.com,+447700900123,,,,,\n", "link.csv")
-    )
-    assert report.duplicates_merged == 2  # customer 2 merged into 1, and the C9 record joined them
+    # A row that carries customer 1's email and C2's customer id proves they are one person.
+    report = _ingest(state, _csv(tmp_path, HEADER + "C2,,ada@example.com,,,,,,\n", "link.csv"))
+    assert report.duplicates_merged == 1 and [m["kept"] for m in report.merges] == [1]
+    assert report.merges[0]["merged"] == 2 and report.merges[0]["kind"] == "customers"
     with state.engine.connect() as conn:
         assert conn.scalars(sa.select(Customer.id)).all() == [1]
         assert conn.execute(sa.select(Merge.kept_id, Merge.merged_id)).all() == [(1, 2)]
@@ -252,10 +254,11 @@ def test_one_id_merges_customers_and_records_it(state: NodeState, tmp_path: Path
     merged = lookup(state, "customer_id", "C2")
     assert merged.customer_id == 1 and merged.pii["phone"] == "+447700900123" and merged.transactions == 1
     assert merged.attributes["monthly_spend"] == 5.0 and merged.attributes["region"] == "north"
+    assert merged.pii["name"] == "Ada"
 
 
 def test_duplicates_within_a_file_become_one_customer(state: NodeState, tmp_path: Path) -> None:
-    report = _ingest(state, _csv(tmp_path, HEADER + "C1,A,a@example.com,,,,,,\nC2,A,A@EXAMPLE.COM,,,,,,\n"))
+    report = _ingest(state, _csv(tmp_path, HEADER + "C1,A,a@example.com,,,,,,\n,A,A@EXAMPLE.COM,,,,,,\n"))
     assert (report.customers_created, report.duplicates_merged) == (1, 1)
 
 
