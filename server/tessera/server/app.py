@@ -71,8 +71,9 @@ class Coordinator:
             notifier=self.notifier,
             stage_timeout=config.stage_timeout,
             job_timeout=config.job_timeout,
-            # Five missed heartbeats (at least two seconds) and a node a stage waits for has dropped.
-            node_silence=timedelta(milliseconds=max(5 * config.heartbeat_interval_ms, 2000)),
+            # Ten missed heartbeats (at least five seconds) and a node a stage waits for has dropped:
+            # long enough that a loaded machine's late heartbeats do not drop a working node.
+            node_silence=timedelta(milliseconds=max(10 * config.heartbeat_interval_ms, 5000)),
         )
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
