@@ -217,3 +217,48 @@ def test_clv_is_fitted_over_real_grpc_on_cdnow_split_across_partners(fed: Federa
     assert result["budget"]["rho_used"] == pytest.approx(rho_total(spec))
     for name in names:
         assert fed.ledgers(name).budget.remaining().rho_spent == pytest.approx(rho_total(spec))
+
+
+def test_rfm_segments_and_kmeans_run_over_real_grpc_on_cdnow(fed: Federation) -> None:
+    names = ("bank", "telco", "retailer")
+    files = _cdnow_split(fed.work, names)
+    for name in names:
+        privacy = {"epsilon_per_job": 4.0, "epsilon_per_period": 100.0, "period_days": 30, "delta": 1e-6}
+        allowed = ["count", "rfm_segments", "kmeans"]
+        policy = open_policy(NODES[name], name, fed.work, privacy=privacy, allowed_analyses=allowed)
+        fed.start_node(name, policy=policy, data={"transactions": files[name]})
+
+    def job(analysis: str, **params: object) -> JobSpec:
+        return JobSpec(
+            analysis=analysis,
+            dataset="transactions",
+            purpose="research",
+            epsilon=4.0,
+            delta=1e-6,
+            params=params,  # type: ignore[arg-type]
+        )
+
+    rfm = _run(fed, job("rfm_segments", reference_date="1998-06-30", monetary_max=1000.0), timeout=120)
+    assert rfm["status"] == "succeeded", rfm
+    assert len(rfm["result"]["rounds"]) == 2
+    assert rfm["result"]["rounds"][1]["metric"]["segments"] == 11  # the named segments, all released
+    assert rfm["result"]["segments"] and rfm["result"]["model"]
+    km = _run(
+        fed,
+        job(
+            "kmeans",
+            features=("rfm.recency", "rfm.frequency", "rfm.monetary"),
+            lower=(0.0, 0.0, 0.0),
+            upper=(600.0, 50.0, 2000.0),
+            log_features=("rfm.monetary",),
+            reference_date="1998-06-30",
+            k=4,
+            iterations=3,
+        ),
+        timeout=120,
+    )
+    assert km["status"] == "succeeded", km
+    assert len(km["result"]["clusters"]) == 4 and len(km["result"]["model"]["centroids_z"]) == 4
+    assert km["result"]["rounds_run"] == 2 + 3  # statistics, start, then three Lloyd iterations
+    spent = fed.ledgers("bank").budget.remaining().rho_spent
+    assert spent == pytest.approx(2 * rho_total(job("count")))
