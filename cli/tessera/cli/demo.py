@@ -232,7 +232,28 @@ def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
         dp("mean_descent", rounds=3, learning_rate=1.0, group_by="region", groups=REGIONS, **spend),
     ] + (
         # Lifetime value on the real CDNOW purchases, calibrated and held out as in FHL 2005.
-        [tx("clv_fit", calibration_end="1997-09-30", holdout_end="1998-06-30")] if with_cdnow else []
+        [
+            tx("clv_fit", calibration_end="1997-09-30", holdout_end="1998-06-30"),
+            # Segments on one consortium-wide scale; the churn label joined from customers.
+            tx(
+                "rfm_segments",
+                reference_date="1998-06-30",
+                monetary_max=1000.0,
+                churn_field="customers.churned",
+            ),
+            tx(
+                "kmeans",
+                features=("rfm.recency", "rfm.frequency", "rfm.monetary"),
+                lower=(0.0, 0.0, 0.0),
+                upper=(600.0, 50.0, 2000.0),
+                log_features=("rfm.monetary",),
+                reference_date="1998-06-30",
+                k=4,
+                iterations=3,
+            ),
+        ]
+        if with_cdnow
+        else []
     )
 
 

@@ -31,6 +31,8 @@ def add_truth(
     """
     if spec.analysis == "mean_descent":
         return _descent_truth(doc, spec, partners)
+    if spec.analysis in ("rfm_segments", "kmeans"):
+        return doc  # the truth of a segmentation is its local labels: see `tessera node segments`
     if spec.analysis == "clv_fit":
         # For orientation: the published fit on the 1/10th sample of these customers.
         doc["reference"] = {"source": "Fader, Hardie & Lee 2005, on the 1/10th sample", **PAPER_BGNBD}

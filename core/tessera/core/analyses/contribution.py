@@ -31,7 +31,8 @@ def rows(data: Mapping[str, Any], plan: VectorPlan) -> int:
     With no field to read (``count`` without ``group_by`` over one-row-per-customer data), ``data``
     must still hold one array of the dataset (any field): only its length is read, never its values.
     """
-    names = plan.fields or tuple(data)
+    # Joined fields (``customers.<field>``) hold one entry per row of ANOTHER dataset.
+    names = tuple(n for n in plan.fields or tuple(data) if "." not in n) or tuple(data)[:1]
     if not names:
         raise InvalidRequest("data must hold at least one array so its customers can be counted")
     lengths = {len(data[name]) for name in names}
