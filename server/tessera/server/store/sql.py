@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -40,6 +40,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the process loses
+    # nothing, a power cut may lose the last commits but never corrupts the file.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
@@ -63,6 +66,10 @@ def open_store(url: str) -> SqlStore:
     except OperationalError:
         raise Unavailable("the coordinator database cannot be reached or opened") from None
     return SqlStore(engine)
+
+
+# Columns a task's bookkeeping never needs (the stage input names every participant's certificate).
+_NO_PAYLOAD = (defer(TaskRow.stage_input), defer(TaskRow.round_input), defer(TaskRow.answer_pb))
 
 
 class SqlStore:
@@ -119,6 +126,25 @@ class SqlStore:
         with self._tx() as s:
             result = s.execute(update(NodeRow).where(NodeRow.node_id == node_id).values(last_seen=now))
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
+        """Record many heartbeats in one transaction; never moves a node's last-seen backwards."""
+        if not seen:
+            return
+        statement = (
+            update(NodeRow)
+            .where(NodeRow.node_id == bindparam("b_node"))
+            .where(NodeRow.last_seen < bindparam("b_seen"))
+            .values(last_seen=bindparam("b_seen"))
+            .execution_options(synchronize_session=False)
+        )
+        with self._tx() as s:
+            s.connection().execute(statement, [{"b_node": n, "b_seen": at} for n, at in seen.items()])
+
+    def last_seen(self) -> dict[str, datetime]:
+        """When each node was last heard from (without parsing its policy and datasets)."""
+        with self._tx() as s:
+            return {node: _utc(at) for node, at in s.execute(select(NodeRow.node_id, NodeRow.last_seen))}
 
     def get_node(self, node_id: str) -> NodeRecord:
         with self._tx() as s:
@@ -432,12 +458,16 @@ class SqlStore:
                 .values(state=TaskState.DELIVERED.value)
             )
 
-    def get_task(self, task_id: str) -> TaskRecord:
+    def get_task(self, task_id: str, *, payload: bool = True) -> TaskRecord:
+        """One task; ``payload=False`` leaves out its input and answer (empty in the record)."""
+        query = select(TaskRow).where(TaskRow.task_id == task_id)
+        if not payload:
+            query = query.options(*_NO_PAYLOAD)
         with self._tx() as s:
-            row = s.get(TaskRow, task_id)
+            row = s.scalars(query).first()
             if row is None:
                 raise NotFound("no such task")
-            return self._task(row)
+            return self._task(row, payload=payload)
 
     def answer_task(self, task_id: str, *, answer: bytes | None, veto: Veto | None = None) -> bool:
         """Store a node's answer or veto once; False when the task was already closed (a replay).
@@ -509,12 +539,48 @@ class SqlStore:
                 .values(deadline=deadline)
             )
 
-    def tasks_for(self, job_id: str, *, round: int | None = None) -> list[TaskRecord]:
+    def tasks_for(
+        self,
+        job_id: str,
+        *,
+        round: int | None = None,
+        stage: Stage | None = None,
+        epoch: int | None = None,
+        payload: bool = True,
+    ) -> list[TaskRecord]:
+        """A job's tasks, optionally of one round, stage and epoch; ``payload=False`` leaves out
+        inputs and answers (a stage of a thousand nodes carries megabytes of them)."""
         query = select(TaskRow).where(TaskRow.job_id == job_id).order_by(TaskRow.node_id)
         if round is not None:
             query = query.where(TaskRow.round == round)
+        if stage is not None:
+            query = query.where(TaskRow.stage == stage.value)
+        if epoch is not None:
+            query = query.where(TaskRow.epoch == epoch)
+        if not payload:
+            query = query.options(*_NO_PAYLOAD)
         with self._tx() as s:
-            return [self._task(r) for r in s.scalars(query)]
+            return [self._task(r, payload=payload) for r in s.scalars(query)]
+
+    def stage_counts(
+        self, job_id: str, *, round: int, stage: Stage | None = None, epoch: int | None = None
+    ) -> tuple[int, int]:
+        """(closed, total) tasks of a job's round (and stage, epoch): one aggregate query."""
+        query = (
+            select(TaskRow.state, func.count())
+            .where(TaskRow.job_id == job_id)
+            .where(TaskRow.round == round)
+            .group_by(TaskRow.state)
+        )
+        if stage is not None:
+            query = query.where(TaskRow.stage == stage.value)
+        if epoch is not None:
+            query = query.where(TaskRow.epoch == epoch)
+        with self._tx() as s:
+            counts = {state: int(n) for state, n in s.execute(query)}
+        total = sum(counts.values())
+        still_open = counts.get(TaskState.PENDING.value, 0) + counts.get(TaskState.DELIVERED.value, 0)
+        return total - still_open, total
 
     def vetoes_for(self, job_id: str) -> list[Veto]:
         query = (
@@ -532,7 +598,21 @@ class SqlStore:
             ]
 
     @staticmethod
-    def _task(row: TaskRow) -> TaskRecord:
+    def _task(row: TaskRow, *, payload: bool = True) -> TaskRecord:
+        if not payload:
+            return TaskRecord(
+                task_id=row.task_id,
+                job_id=row.job_id,
+                node_id=row.node_id,
+                round=row.round,
+                epoch=row.epoch or 0,
+                stage=Stage(row.stage),
+                state=TaskState(row.state),
+                stage_input=b"",
+                round_input=b"",
+                deadline=_utc(row.deadline) if row.deadline else None,
+                answer=None,
+            )
         return TaskRecord(
             task_id=row.task_id,
             job_id=row.job_id,
