@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,9 +63,9 @@ class JobService:
         # A node silent (no heartbeat, no stream) this long while a stage waits for it has dropped:
         # the stage closes without it instead of waiting out its whole deadline.
         self.node_silence = node_silence
-        # One coordinator process owns job transitions; the lock keeps concurrent answers from
-        # racing to finish the same stage.
-        self._lock = threading.RLock()
+        # One coordinator process owns job transitions; a lock per job keeps concurrent answers
+        # from racing to finish the same stage, while answers of different jobs go side by side.
+        self._locks = JobLocks()
         self._dp: dict[str, DpJob] = {}
 
     # -- analyst side ---------------------------------------------------------------------------
@@ -77,8 +78,8 @@ class JobService:
             raise InvalidRequest("the job's deadline is already in the past")
         nodes = self._plan_participants(spec, info)
         state = self._initial_state(spec, nodes) if info.differentially_private else None
-        with self._lock:
-            job = self.store.create_job(spec, submitted_by=actor.name, now=now)
+        job = self.store.create_job(spec, submitted_by=actor.name, now=now)
+        with self._locks.hold(job.job_id):
             plan_text = f"{spec.analysis} on {len(nodes)} node(s)"
             if state is not None:
                 tolerated = len(nodes) - state.threshold
@@ -99,7 +100,7 @@ class JobService:
         return job
 
     def cancel(self, job_id: str, *, actor: PeerIdentity) -> JobRecord:
-        with self._lock:
+        with self._locks.hold(job_id):
             job = self.store.get_job(job_id)
             if job.state.terminal:
                 raise Conflict(f"job {job_id} has already ended ({job.state.value})")
@@ -117,7 +118,7 @@ class JobService:
             self.store.audit(
                 actor=actor.name, role=actor.role or "", action="job.cancel", now=self.clock(), job_id=job_id
             )
-        self.notifier.notify()
+        self.notifier.notify(job=job_id)
         return job
 
     def _plan_participants(self, spec: JobSpec, info: AnalysisInfo) -> list[NodeRecord]:
@@ -200,7 +201,7 @@ class JobService:
             stage=stage,
             expected=len(participants),
         )
-        self.notifier.notify(participants)
+        self.notifier.notify(participants, job=job.job_id)
         return job
 
     def _start_dp_job(
@@ -251,7 +252,7 @@ class JobService:
             stage=tasks.stage,
             expected=len(nodes),
         )
-        self.notifier.notify(nodes)
+        self.notifier.notify(nodes, job=job.job_id)
         return job
 
     # -- node side ------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class JobService:
     def task_for(self, node_id: str, *, task_id: str, job_id: str, round_no: int, stage: Stage) -> TaskRecord:
         """The task a node's message answers; refuses messages bound to anything else."""
         try:
-            task = self.store.get_task(task_id)
+            task = self.store.get_task(task_id, payload=False)
         except NotFound:
             raise InvalidRequest("the message names no task this coordinator issued") from None
         if task.node_id != node_id:
@@ -271,7 +272,7 @@ class JobService:
     def on_message(self, node_id: str, task: TaskRecord, message: node_pb2.RoundMessage) -> bool:
         """A node's answer to one task; False when the task was already closed (a replay)."""
         body = message.WhichOneof("body")
-        with self._lock:
+        with self._locks.hold(task.job_id):
             if not task.state.open:
                 return False
             if task.stage is Stage.ABORT:
@@ -302,47 +303,55 @@ class JobService:
             reason=veto.reason,
             policy_hash=veto.policy_hash,
         )
-        with self._lock:
+        with self._locks.hold(task.job_id):
             fresh = self.store.answer_task(task.task_id, answer=None, veto=veto)
             if fresh:
                 log.info("veto job=%s node=%s code=%s", task.job_id, node_id, veto.code)
                 self._advance(task.job_id)
         return fresh
 
-    def _current_tasks(self, job: JobRecord) -> list[TaskRecord]:
-        tasks = self.store.tasks_for(job.job_id, round=job.round)
+    def _stage_of(self, job: JobRecord) -> tuple[Stage | None, int | None]:
+        """The stage and epoch of the job's open tasks (None, None: every task of its round)."""
         dp_job = self._dp.get(job.job_id)
-        if dp_job is not None:
-            tasks = [t for t in tasks if t.stage is dp_job.stage and t.epoch == dp_job.state.epoch]
-        return tasks
+        if dp_job is None:
+            return None, None
+        return dp_job.stage, dp_job.state.epoch
+
+    def _current_tasks(self, job: JobRecord, *, payload: bool = False) -> list[TaskRecord]:
+        stage, epoch = self._stage_of(job)
+        if job.job_id in self._dp and stage is None:
+            return []
+        return self.store.tasks_for(job.job_id, round=job.round, stage=stage, epoch=epoch, payload=payload)
 
     def _advance(self, job_id: str, *, force: bool = False) -> None:
         """Record progress; close the stage once every task is closed (or ``force``: deadline)."""
         job = self.store.get_job(job_id)
         if job.state.terminal:
             return
-        tasks = self._current_tasks(job)
-        closed = [t for t in tasks if not t.state.open]
+        stage, epoch = self._stage_of(job)
+        if job_id in self._dp and stage is None:
+            return
+        # Counted in the database, not loaded: this runs once per answer.
+        closed, total = self.store.stage_counts(job_id, round=job.round, stage=stage, epoch=epoch)
         now = self.clock()
-        stage = tasks[0].stage if tasks else Stage.LOCAL_REPORT
-        if len(closed) < len(tasks) and not force:
-            waiting = len(tasks) - len(closed)
+        stage = stage or Stage.LOCAL_REPORT
+        if closed < total and not force:
             self.store.update_job(
                 job_id,
                 now=now,
-                status_detail=f"waiting for {waiting} of {len(tasks)} node(s) ({stage.value}"
+                status_detail=f"waiting for {total - closed} of {total} node(s) ({stage.value}"
                 + (f", round {job.round})" if job_id in self._dp else ")"),
-                event=f"{stage.value}: {len(closed)} of {len(tasks)} node(s) answered",
+                event=f"{stage.value}: {closed} of {total} node(s) answered",
                 stage=stage,
-                done=len(closed),
-                expected=len(tasks),
+                done=closed,
+                expected=total,
             )
-            self.notifier.notify()
+            self.notifier.notify(job=job_id)
         elif job.job_id in self._dp:
             self._close_dp_stage(job, now)
         else:
-            self._finish_report(job, tasks, now)
-            self.notifier.notify()
+            self._finish_report(job, self._current_tasks(job, payload=True), now)
+            self.notifier.notify(job=job_id)
 
     def _close_dp_stage(self, job: JobRecord, now: datetime) -> None:
         dp_job = self._dp[job.job_id]
@@ -403,7 +412,7 @@ class JobService:
         )
         if done.ended_early or done.state.out:
             self._send_end(job, done.state.live, now)
-        self.notifier.notify()
+        self.notifier.notify(job=job.job_id)
         log.info("job succeeded job=%s rounds=%d", job.job_id, done.round)
 
     def _job_trailer(self, job: JobRecord, dp_job: DpJob, done: RoundDone) -> dict[str, Any]:
@@ -504,7 +513,7 @@ class JobService:
         )
         if dp_job is not None:
             self._send_end(job, dp_job.state.live, now)
-        self.notifier.notify()
+        self.notifier.notify(job=job_id)
         log.warning("job failed job=%s", job_id)
 
     def _send_end(self, job: JobRecord, nodes: Sequence[str], now: datetime) -> None:
@@ -528,7 +537,7 @@ class JobService:
                 deadline=now + self.stage_timeout,
                 stage_input=END_CODEC.encode(),
             )
-            self.notifier.notify(targets)
+            self.notifier.notify(targets, job=job.job_id)
 
     # -- time and recovery ----------------------------------------------------------------------
 
@@ -540,10 +549,13 @@ class JobService:
         or late, and fails only if fewer than the quorum remain.
         """
         now = self.clock()
-        with self._lock:
-            silent_before = now - self.node_silence
-            seen = {n.node_id: n.last_seen for n in self.store.list_nodes()}
-            for job in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
+        silent_before = now - self.node_silence
+        seen = self.store.last_seen()
+        for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
+            with self._locks.hold(listed.job_id):
+                job = self.store.get_job(listed.job_id)
+                if job.state.terminal:
+                    continue  # ended while the tick waited for its lock
                 if job.spec.deadline is not None and job.spec.deadline <= now:
                     self._fail(job.job_id, "the job's deadline passed before it finished", now)
                     continue
@@ -551,7 +563,12 @@ class JobService:
                 waiting = [t for t in tasks if t.state.open]
                 late = [t for t in waiting if t.deadline is not None and t.deadline <= now]
                 if job.job_id in self._dp:
-                    late += [t for t in waiting if t not in late and seen.get(t.node_id, now) < silent_before]
+                    overdue = {t.task_id for t in late}
+                    late += [
+                        t
+                        for t in waiting
+                        if t.task_id not in overdue and seen.get(t.node_id, now) < silent_before
+                    ]
                 if not late:
                     continue
                 names = ", ".join(sorted(t.node_id for t in late))
@@ -577,8 +594,8 @@ class JobService:
         destroys an epoch's secrets when the next epoch of the job begins.
         """
         now = self.clock()
-        with self._lock:
-            for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
+        for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
+            with self._locks.hold(job.job_id):
                 info = get_analysis(job.spec.analysis)
                 try:
                     if info.differentially_private:
@@ -625,6 +642,34 @@ class JobService:
 
     def nodes(self) -> list[NodeRecord]:
         return self.store.list_nodes()
+
+
+class JobLocks:
+    """One re-entrant lock per job, made on first use and dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.RLock, int]] = {}
+
+    @contextmanager
+    def hold(self, job_id: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(job_id) or (threading.RLock(), 0)
+            self._locks[job_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[job_id]
+                if users <= 1:
+                    del self._locks[job_id]
+                else:
+                    self._locks[job_id] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
 
 
 def _drops(tolerated: int) -> str:
