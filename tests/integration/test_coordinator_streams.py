@@ -17,10 +17,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from federation import POLICIES, wait_for
+from federation import POLICIES, DroppingAgent, Federation, open_policy, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tessera.cli.analyst_client import AnalystClient
+from tessera.client.agent import NodeAgent
 from tessera.core import serde
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.policy import load_policy
@@ -153,3 +154,41 @@ def test_calls_over_the_rate_are_refused_for_that_peer_only(start: object, pki_d
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         assert "too many calls from this certificate" in info.value.details()  # type: ignore[attr-defined]
         assert admin.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_node_whose_connection_closes_is_dropped_without_waiting_for_silence(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    # Heartbeat silence would take 5 minutes and the stage deadline is a minute away: only the
+    # closed task stream (plus its one-second grace) can end the stage this early.
+    fed = Federation(pki_dir=pki_dir, work=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rows=100)
+    fed.start_coordinator(stage_timeout=60.0, heartbeat_ms=60_000)
+    try:
+        for name, base in (
+            ("bank", "bank"),
+            ("telco", "telco"),
+            ("retailer", "retailer"),
+            ("stranger", "telco"),
+        ):
+            policy = open_policy(base, name, fed.work)
+            agent_class = type("DropAtMaskedInput", (DroppingAgent,), {"drop_at": "masked_input"})
+            fed.start_node(name, policy=policy, agent_class=agent_class if name == "stranger" else NodeAgent)
+        spec = JobSpec(
+            analysis="count",
+            dataset="customers",
+            purpose="research",
+            epsilon=0.5,
+            delta=1e-7,
+            params={"max_dropouts": 1},
+        )
+        started = time.monotonic()
+        with fed.analyst() as client:
+            job_id = client.submit(spec)
+            events = list(client.watch(job_id, timeout_s=50))
+            doc = client.result_document(job_id)
+        assert doc["status"] == "succeeded", doc
+        assert doc["result"]["dropped"] == ["stranger"]
+        assert any(e.message == "masked_input: stranger dropped" for e in events)
+        assert time.monotonic() - started < 15
+    finally:
+        fed.close()

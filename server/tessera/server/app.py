@@ -53,7 +53,10 @@ class CoordinatorConfig:
     heartbeat_interval_ms: int = 2000
     stage_timeout: timedelta = timedelta(minutes=2)
     job_timeout: timedelta = timedelta(minutes=30)
-    tick_seconds: float = 0.5
+    tick_seconds: float = 0.25
+    # A node whose task stream closed and did not reopen within this long has dropped (a node
+    # reconnecting after a blip is back well within it: its first retry comes after <= 0.5 s).
+    stream_grace: timedelta = timedelta(seconds=1)
     # Threads of the pool that runs the job service and store calls (streams hold none).
     max_workers: int = 8
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -186,7 +189,8 @@ class Coordinator:
         while not self._stop.wait(self.config.tick_seconds):
             try:
                 self.presence.flush()
-                self.jobs.tick()
+                gone = self.presence.disconnected(self.config.clock() - self.config.stream_grace)
+                self.jobs.tick(gone=gone)
             except Exception:  # a bad tick must not kill the ticker; the next one retries
                 log.exception("job ticker failed")
 

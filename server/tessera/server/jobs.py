@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -541,12 +541,13 @@ class JobService:
 
     # -- time and recovery ----------------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self, *, gone: Collection[str] = ()) -> None:
         """Act on passed deadlines and silent nodes; called periodically by the server.
 
         A report round fails naming the silent nodes. A secure-aggregation stage closes with the
-        nodes that answered (the others dropped) as soon as every node it waits for is silent
-        or late, and fails only if fewer than the quorum remain.
+        nodes that answered (the others dropped) as soon as every node it waits for is silent,
+        ``gone`` (its connection closed and it did not come back) or late, and fails only if
+        fewer than the quorum remain.
         """
         now = self.clock()
         silent_before = now - self.node_silence
@@ -567,7 +568,8 @@ class JobService:
                     late += [
                         t
                         for t in waiting
-                        if t.task_id not in overdue and seen.get(t.node_id, now) < silent_before
+                        if t.task_id not in overdue
+                        and (t.node_id in gone or seen.get(t.node_id, now) < silent_before)
                     ]
                 if not late:
                     continue

@@ -132,6 +132,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         log.info("task stream opened node=%s", node_id)
         sent: set[str] = set()  # per stream: a reconnect re-sends everything still open
         seen = -1
+        self.presence.stream_opened(node_id)
         try:
             while not self.notifier.closed:
                 version = self.notifier.node_version(node_id)
@@ -142,6 +143,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                         sent.add(task.task_id)
                 await self.notifier.wait_node_async(node_id, seen, timeout=STREAM_RECHECK_S)
         finally:
+            self.presence.stream_closed(node_id, self.jobs.clock())
             log.info("task stream closed node=%s", node_id)
 
     async def PollTasks(
