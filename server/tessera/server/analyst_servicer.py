@@ -27,7 +27,7 @@ from tessera.v1 import analyst_pb2, analyst_pb2_grpc
 
 log = logging.getLogger("tessera.coordinator.analysts")
 # A watch re-reads its job's events this often even without a wake-up (a safety net only).
-WATCH_RECHECK_S = 15.0
+WATCH_RECHECK_S = 60.0
 
 
 class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):

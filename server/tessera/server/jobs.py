@@ -551,7 +551,7 @@ class JobService:
         """
         now = self.clock()
         silent_before = now - self.node_silence
-        seen = self.store.last_seen()
+        seen: dict[str, datetime] | None = None  # read once, and only if a stage is waiting
         for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
             with self._locks.hold(listed.job_id):
                 job = self.store.get_job(listed.job_id)
@@ -563,7 +563,8 @@ class JobService:
                 tasks = self._current_tasks(job)
                 waiting = [t for t in tasks if t.state.open]
                 late = [t for t in waiting if t.deadline is not None and t.deadline <= now]
-                if job.job_id in self._dp:
+                if job.job_id in self._dp and waiting:
+                    seen = self.store.last_seen() if seen is None else seen
                     overdue = {t.task_id for t in late}
                     late += [
                         t

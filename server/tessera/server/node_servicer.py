@@ -32,7 +32,7 @@ log = logging.getLogger("tessera.coordinator.nodes")
 Identify = Callable[[grpc.ServicerContext], PeerIdentity]
 MAX_POLL_WAIT_S = 30.0
 # A task stream re-reads the store this often even without a wake-up (a safety net only).
-STREAM_RECHECK_S = 15.0
+STREAM_RECHECK_S = 60.0
 
 
 class KeyedGates:
