@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ log = logging.getLogger("tessera.coordinator.jobs")
 HARD_MIN_PARTICIPANTS = 3  # with two nodes an aggregate reveals the other node's vector
 DEFAULT_MAX_CUSTOMERS = 10_000_000  # per node, sizes the modular bit width of DP rounds
 END_CODEC = "job/end"
+PROGRESS_EVERY_S = 0.5  # at most one "k of n answered" event per job this often
 
 
 class JobService:
@@ -67,6 +69,8 @@ class JobService:
         # from racing to finish the same stage, while answers of different jobs go side by side.
         self._locks = JobLocks()
         self._dp: dict[str, DpJob] = {}
+        self._progress: dict[str, float] = {}  # job -> when its last progress event was written
+        self._progress_owed: set[str] = set()  # jobs whose latest progress is not written yet
 
     # -- analyst side ---------------------------------------------------------------------------
 
@@ -230,6 +234,8 @@ class JobService:
             self.store.start_round(job.job_id, round=tasks.round, rho=dp_job.plan_rho, now=now)
             self.store.save_driver_state(job.job_id, dp_job.state.to_json())
         nodes = sorted(tasks.inputs)
+        deadline = self._deadline(job, now)
+        dp_job.waiting, dp_job.asked, dp_job.stage_deadline = set(nodes), len(nodes), deadline
         self.store.add_tasks(
             job.job_id,
             round=tasks.round,
@@ -237,7 +243,7 @@ class JobService:
             stage=tasks.stage,
             node_ids=nodes,
             now=now,
-            deadline=self._deadline(job, now),
+            deadline=deadline,
             stage_inputs=tasks.inputs,
             round_input=tasks.round_input,
         )
@@ -293,6 +299,7 @@ class JobService:
                 answer = b""
             fresh = self.store.answer_task(task.task_id, answer=answer)
             if fresh:
+                self._answered(task)
                 self._advance(task.job_id)
         return fresh
 
@@ -307,8 +314,14 @@ class JobService:
             fresh = self.store.answer_task(task.task_id, answer=None, veto=veto)
             if fresh:
                 log.info("veto job=%s node=%s code=%s", task.job_id, node_id, veto.code)
+                self._answered(task)
                 self._advance(task.job_id)
         return fresh
+
+    def _answered(self, task: TaskRecord) -> None:
+        dp_job = self._dp.get(task.job_id)
+        if dp_job is not None and task.stage is dp_job.stage and task.epoch == dp_job.state.epoch:
+            dp_job.waiting.discard(task.node_id)
 
     def _stage_of(self, job: JobRecord) -> tuple[Stage | None, int | None]:
         """The stage and epoch of the job's open tasks (None, None: every task of its round)."""
@@ -324,30 +337,59 @@ class JobService:
         return self.store.tasks_for(job.job_id, round=job.round, stage=stage, epoch=epoch, payload=payload)
 
     def _advance(self, job_id: str, *, force: bool = False) -> None:
-        """Record progress; close the stage once every task is closed (or ``force``: deadline)."""
-        job = self.store.get_job(job_id)
-        if job.state.terminal:
-            return
-        stage, epoch = self._stage_of(job)
-        if job_id in self._dp and stage is None:
-            return
-        # Counted in the database, not loaded: this runs once per answer.
-        closed, total = self.store.stage_counts(job_id, round=job.round, stage=stage, epoch=epoch)
+        """Record progress; close the stage once every task is closed (or ``force``: deadline).
+
+        Runs once per answer, so it stays cheap: the stage's tasks are counted in the database
+        (not loaded), a running DP job's round and stage come from its driver (the job record is
+        read only to close the stage), and a progress event is written at most every
+        ``PROGRESS_EVERY_S`` per job (the ticker writes one that is owed).
+        """
+        dp_job = self._dp.get(job_id)
+        job: JobRecord | None = None
+        if dp_job is not None:
+            if dp_job.stage is None:
+                return
+            round_no, stage, epoch = dp_job.state.round, dp_job.stage, dp_job.state.epoch
+            # Counted in memory; the database confirms before the stage closes (below).
+            closed, total = dp_job.asked - len(dp_job.waiting), dp_job.asked
+            if closed >= total or force:
+                closed, total = self.store.stage_counts(job_id, round=round_no, stage=stage, epoch=epoch)
+                if closed < total and not force:  # memory was wrong: take the database's word
+                    tasks = self.store.tasks_for(
+                        job_id, round=round_no, stage=stage, epoch=epoch, payload=False
+                    )
+                    dp_job.waiting = {t.node_id for t in tasks if t.state.open}
+        else:
+            job = self.store.get_job(job_id)
+            if job.state.terminal:
+                return
+            round_no, stage, epoch = job.round, Stage.LOCAL_REPORT, None
+            closed, total = self.store.stage_counts(job_id, round=round_no)
         now = self.clock()
-        stage = stage or Stage.LOCAL_REPORT
         if closed < total and not force:
+            if time.monotonic() - self._progress.get(job_id, 0.0) < PROGRESS_EVERY_S:
+                self._progress_owed.add(job_id)
+                return
+            self._progress[job_id] = time.monotonic()
+            self._progress_owed.discard(job_id)
             self.store.update_job(
                 job_id,
                 now=now,
                 status_detail=f"waiting for {total - closed} of {total} node(s) ({stage.value}"
-                + (f", round {job.round})" if job_id in self._dp else ")"),
+                + (f", round {round_no})" if dp_job is not None else ")"),
                 event=f"{stage.value}: {closed} of {total} node(s) answered",
                 stage=stage,
                 done=closed,
                 expected=total,
             )
             self.notifier.notify(job=job_id)
-        elif job.job_id in self._dp:
+            return
+        self._progress.pop(job_id, None)  # the next stage's first answer is shown at once
+        self._progress_owed.discard(job_id)
+        job = job or self.store.get_job(job_id)
+        if job.state.terminal:
+            return
+        if dp_job is not None:
             self._close_dp_stage(job, now)
         else:
             self._finish_report(job, self._current_tasks(job, payload=True), now)
@@ -553,6 +595,14 @@ class JobService:
         silent_before = now - self.node_silence
         seen: dict[str, datetime] | None = None  # read once, and only if a stage is waiting
         for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
+            dp_job = self._dp.get(listed.job_id)
+            if dp_job is not None and listed.job_id not in self._progress_owed:
+                # The common case, without reading the store: nothing of this stage can be late.
+                seen = self.store.last_seen() if seen is None else seen
+                if not _may_be_late(
+                    dp_job, listed, now=now, silent_before=silent_before, gone=gone, seen=seen
+                ):
+                    continue
             with self._locks.hold(listed.job_id):
                 job = self.store.get_job(listed.job_id)
                 if job.state.terminal:
@@ -560,6 +610,10 @@ class JobService:
                 if job.spec.deadline is not None and job.spec.deadline <= now:
                     self._fail(job.job_id, "the job's deadline passed before it finished", now)
                     continue
+                if job.job_id in self._progress_owed:
+                    self._progress.pop(job.job_id, None)
+                    self._advance(job.job_id)
+                    continue  # lateness is looked at by the next tick
                 tasks = self._current_tasks(job)
                 waiting = [t for t in tasks if t.state.open]
                 late = [t for t in waiting if t.deadline is not None and t.deadline <= now]
@@ -577,6 +631,7 @@ class JobService:
                 names = ", ".join(sorted(t.node_id for t in late))
                 if job.job_id in self._dp:
                     self.store.expire_tasks([t.task_id for t in late])
+                    self._dp[job.job_id].waiting -= {t.node_id for t in late}
                     self.store.update_job(
                         job.job_id, now=now, event=f"{late[0].stage.value}: {names} dropped"
                     )
@@ -645,6 +700,22 @@ class JobService:
 
     def nodes(self) -> list[NodeRecord]:
         return self.store.list_nodes()
+
+
+def _may_be_late(
+    dp_job: DpJob,
+    job: JobRecord,
+    *,
+    now: datetime,
+    silent_before: datetime,
+    gone: Collection[str],
+    seen: dict[str, datetime],
+) -> bool:
+    if job.spec.deadline is not None and job.spec.deadline <= now:
+        return True
+    if dp_job.stage_deadline is not None and dp_job.stage_deadline <= now:
+        return True
+    return any(n in gone or seen.get(n, now) < silent_before for n in dp_job.waiting)
 
 
 class JobLocks:

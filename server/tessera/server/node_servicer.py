@@ -77,6 +77,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.presence = presence
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.gates = KeyedGates()
+        self._jobs: dict[str, JobRecord] = {}  # job -> its record as its tasks need it
 
     def _node(self, context: grpc.aio.ServicerContext) -> str:
         peer = self.identify(context)  # type: ignore[arg-type]
@@ -192,16 +193,21 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         """The node's open tasks not yet sent on this stream, marked delivered (runs in the pool)."""
         if self.notifier.closed:
             raise Unavailable("the coordinator is shutting down")
-        tasks = [t for t in self.jobs.store.open_tasks(node_id) if t.task_id not in sent]
-        specs: dict[str, JobRecord] = {}
-        out = [self._task_pb(t, specs) for t in tasks]
-        self.jobs.store.mark_delivered([t.task_id for t in tasks])
-        return out
+        return [self._task_pb(t) for t in self.jobs.store.deliver_open_tasks(node_id, skip=sent)]
 
-    def _task_pb(self, task: TaskRecord, specs: dict[str, JobRecord]) -> node_pb2.Task:
-        if task.job_id not in specs:
-            specs[task.job_id] = self.jobs.store.get_job(task.job_id)
-        job = specs[task.job_id]
+    def _job(self, job_id: str) -> JobRecord:
+        # A job's spec never changes and its participants, once set, neither: cache them.
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = self.jobs.store.get_job(job_id)
+            if job.participants:
+                if len(self._jobs) >= 1024:
+                    self._jobs.pop(next(iter(self._jobs)))
+                self._jobs[job_id] = job
+        return job
+
+    def _task_pb(self, task: TaskRecord) -> node_pb2.Task:
+        job = self._job(task.job_id)
         msg = node_pb2.Task(
             task_id=task.task_id,
             job_id=task.job_id,

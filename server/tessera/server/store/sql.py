@@ -8,7 +8,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -68,6 +80,38 @@ def open_store(url: str) -> SqlStore:
     return SqlStore(engine)
 
 
+_TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
+# A task without its payload columns, for reads made once per node message.
+_HEAD = [c for c in _TASKS.c if c.name not in ("stage_input", "round_input", "answer_pb")]
+
+
+def _open_query(node_id: str) -> Select[Any]:
+    return (
+        select(_TASKS)
+        .where(_TASKS.c.node_id == node_id)
+        .where(_TASKS.c.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+        .order_by(_TASKS.c.created_at, _TASKS.c.task_id)
+    )
+
+
+def _task_row(row: Row[Any]) -> TaskRecord:
+    """A task from a Core row (payload columns absent from the row read as empty)."""
+    fields = row._mapping
+    return TaskRecord(
+        task_id=fields["task_id"],
+        job_id=fields["job_id"],
+        node_id=fields["node_id"],
+        round=fields["round"],
+        epoch=fields["epoch"] or 0,
+        stage=Stage(fields["stage"]),
+        state=TaskState(fields["state"]),
+        stage_input=fields.get("stage_input") or b"",
+        round_input=fields.get("round_input") or b"",
+        deadline=_utc(fields["deadline"]) if fields["deadline"] else None,
+        answer=fields.get("answer_pb"),
+    )
+
+
 # Columns a task's bookkeeping never needs (the stage input names every participant's certificate).
 _NO_PAYLOAD = (defer(TaskRow.stage_input), defer(TaskRow.round_input), defer(TaskRow.answer_pb))
 
@@ -79,6 +123,17 @@ class SqlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def _core(self) -> Iterator[Connection]:
+        """A Core transaction: for the calls made once per node message (no ORM overhead)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError:
+            raise Unavailable("the coordinator database is unavailable") from None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the coordinator store failed ({type(exc).__name__})") from None
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -438,14 +493,25 @@ class SqlStore:
 
     def open_tasks(self, node_id: str) -> list[TaskRecord]:
         """Tasks this node has not answered yet, oldest first (re-sent after every reconnect)."""
-        query = (
-            select(TaskRow)
-            .where(TaskRow.node_id == node_id)
-            .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
-            .order_by(TaskRow.created_at, TaskRow.task_id)
-        )
-        with self._tx() as s:
-            return [self._task(r) for r in s.scalars(query)]
+        with self._core() as conn:
+            return [_task_row(r) for r in conn.execute(_open_query(node_id))]
+
+    def deliver_open_tasks(self, node_id: str, *, skip: Iterable[str] = ()) -> list[TaskRecord]:
+        """``open_tasks`` without those in ``skip``, marked delivered, in one transaction."""
+        skipped = set(skip)
+        with self._core() as conn:
+            tasks = [
+                t for t in map(_task_row, conn.execute(_open_query(node_id))) if t.task_id not in skipped
+            ]
+            fresh = [t.task_id for t in tasks if t.state is TaskState.PENDING]
+            if fresh:
+                conn.execute(
+                    update(_TASKS)
+                    .where(_TASKS.c.task_id.in_(fresh))
+                    .where(_TASKS.c.state == TaskState.PENDING.value)
+                    .values(state=TaskState.DELIVERED.value)
+                )
+            return tasks
 
     def mark_delivered(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
@@ -460,14 +526,12 @@ class SqlStore:
 
     def get_task(self, task_id: str, *, payload: bool = True) -> TaskRecord:
         """One task; ``payload=False`` leaves out its input and answer (empty in the record)."""
-        query = select(TaskRow).where(TaskRow.task_id == task_id)
-        if not payload:
-            query = query.options(*_NO_PAYLOAD)
-        with self._tx() as s:
-            row = s.scalars(query).first()
-            if row is None:
-                raise NotFound("no such task")
-            return self._task(row, payload=payload)
+        columns = _TASKS.c if payload else _HEAD
+        with self._core() as conn:
+            row = conn.execute(select(*columns).where(_TASKS.c.task_id == task_id)).first()
+        if row is None:
+            raise NotFound("no such task")
+        return _task_row(row)
 
     def answer_task(self, task_id: str, *, answer: bytes | None, veto: Veto | None = None) -> bool:
         """Store a node's answer or veto once; False when the task was already closed (a replay).
@@ -484,16 +548,16 @@ class SqlStore:
             }
         else:
             values = {"state": TaskState.ANSWERED.value, "answer_pb": answer}
-        with self._tx() as s:
-            result = s.execute(
-                update(TaskRow)
-                .where(TaskRow.task_id == task_id)
-                .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+        with self._core() as conn:
+            result = conn.execute(
+                update(_TASKS)
+                .where(_TASKS.c.task_id == task_id)
+                .where(_TASKS.c.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
                 .values(**values)
             )
-            if result.rowcount:  # type: ignore[attr-defined]
+            if result.rowcount:
                 return True
-            if s.get(TaskRow, task_id) is None:
+            if conn.execute(select(_TASKS.c.task_id).where(_TASKS.c.task_id == task_id)).first() is None:
                 raise NotFound("no such task")
             return False
 
@@ -567,17 +631,17 @@ class SqlStore:
     ) -> tuple[int, int]:
         """(closed, total) tasks of a job's round (and stage, epoch): one aggregate query."""
         query = (
-            select(TaskRow.state, func.count())
-            .where(TaskRow.job_id == job_id)
-            .where(TaskRow.round == round)
-            .group_by(TaskRow.state)
+            select(_TASKS.c.state, func.count())
+            .where(_TASKS.c.job_id == job_id)
+            .where(_TASKS.c.round == round)
+            .group_by(_TASKS.c.state)
         )
         if stage is not None:
-            query = query.where(TaskRow.stage == stage.value)
+            query = query.where(_TASKS.c.stage == stage.value)
         if epoch is not None:
-            query = query.where(TaskRow.epoch == epoch)
-        with self._tx() as s:
-            counts = {state: int(n) for state, n in s.execute(query)}
+            query = query.where(_TASKS.c.epoch == epoch)
+        with self._core() as conn:
+            counts = {state: int(n) for state, n in conn.execute(query)}
         total = sum(counts.values())
         still_open = counts.get(TaskState.PENDING.value, 0) + counts.get(TaskState.DELIVERED.value, 0)
         return total - still_open, total
