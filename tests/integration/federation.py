@@ -42,7 +42,12 @@ class Federation:
         return f"127.0.0.1:{self.port}"
 
     def start_coordinator(
-        self, *, port: int = 0, stage_timeout: float = 30.0, heartbeat_ms: int = 200
+        self,
+        *,
+        port: int = 0,
+        stage_timeout: float = 30.0,
+        heartbeat_ms: int = 200,
+        stream_grace: float = 1.0,
     ) -> int:
         self.store = open_store(self.db_url)
         config = CoordinatorConfig(
@@ -51,6 +56,7 @@ class Federation:
             heartbeat_interval_ms=heartbeat_ms,
             tick_seconds=0.1,
             stage_timeout=timedelta(seconds=stage_timeout),
+            stream_grace=timedelta(seconds=stream_grace),
         )
         self.coordinator = Coordinator(config, self.store)
         self.port = self.coordinator.start()

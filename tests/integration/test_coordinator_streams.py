@@ -192,3 +192,44 @@ def test_a_node_whose_connection_closes_is_dropped_without_waiting_for_silence(
         assert time.monotonic() - started < 15
     finally:
         fed.close()
+
+
+def test_a_node_restarted_mid_job_is_told_the_job_ended_and_frees_its_reservation(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    # The node dies at masked_input and comes back (same ledgers, no keys) before the coordinator
+    # counts it gone; it vetoes the task it can no longer answer, and the job goes on without it.
+    # It reserved the job's budget at advertise-keys: the end notice must still reach it.
+    fed = Federation(pki_dir=pki_dir, work=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rows=100)
+    fed.start_coordinator(stage_timeout=60.0, heartbeat_ms=1000, stream_grace=60.0)
+    try:
+        bases = {"bank": "bank", "telco": "telco", "retailer": "retailer", "stranger": "telco"}
+        policies = {name: open_policy(base, name, fed.work) for name, base in bases.items()}
+        for name, policy in policies.items():
+            agent_class = type("DropAtMaskedInput", (DroppingAgent,), {"drop_at": "masked_input"})
+            fed.start_node(name, policy=policy, agent_class=agent_class if name == "stranger" else NodeAgent)
+        spec = JobSpec(
+            analysis="count",
+            dataset="customers",
+            purpose="research",
+            epsilon=0.5,
+            delta=1e-7,
+            params={"max_dropouts": 1},
+        )
+        with fed.analyst() as client:
+            job_id = client.submit(spec)
+            thread = fed.threads["stranger"]
+            wait_for(lambda: not thread.is_alive())  # it died on its masked-input task
+            fed.start_node("stranger", policy=policies["stranger"])  # a new process, same ledgers
+            list(client.watch(job_id, timeout_s=50))
+            doc = client.result_document(job_id)
+        assert doc["status"] == "succeeded", doc
+        assert "stranger" not in doc["result"]["survivors"]
+        assert [v["node_id"] for v in doc["result"]["vetoes"]] == ["stranger"]
+
+        def released() -> bool:
+            return all(r.state.value != "reserved" for r in fed.ledgers("stranger").budget.history())
+
+        wait_for(released)
+    finally:
+        fed.close()
