@@ -81,7 +81,7 @@ def ensure_pki(cache: Path, nodes: Sequence[str]) -> Path:
     root = cache / "pki"
     if not (root / "ca.pem").exists():
         pki.init_ca(root, consortium="tessera-load")
-    wanted = [("coordinator", "coordinator", None), ("node", MUTE, None)]
+    wanted: list[tuple[str, str, str | None]] = [("coordinator", "coordinator", None), ("node", MUTE, None)]
     wanted += [("analyst", f"load-analyst-{i}", "analyst") for i in range(ANALYSTS)]
     wanted += [("node", name, None) for name in (*nodes, *PROBES)]
     started, issued = time.perf_counter(), 0
@@ -95,7 +95,7 @@ def ensure_pki(cache: Path, nodes: Sequence[str]) -> Path:
 
 
 def node_policy_doc(name: str) -> dict[str, Any]:
-    doc = yaml.safe_load((REPO / "policies" / "bank.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load((REPO / "policies" / "bank.yaml").read_text())
     doc["partner"] = name
     doc["policy_id"] = f"{name}-load"
     doc["allowed_partners"] = ["*"]
@@ -254,6 +254,11 @@ class Worker:
                 self.kill(name)
                 self.start(name)
             return dead
+        if cmd == "restart":
+            for name in arg:
+                self.kill(name)
+                self.start(name)
+            return len(arg)
         if cmd == "kill":
             for name in arg:
                 self.kill(name)
@@ -651,7 +656,7 @@ def scenario_connect(h: Harness) -> dict[str, Any]:
 
 def histogram_spec(length: int, *, max_dropouts: int) -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_rounds import histogram_spec as spec_for
+    from bench_rounds import histogram_spec as spec_for  # type: ignore[import-not-found]
 
     return spec_for(length, max_dropouts=max_dropouts)
 
@@ -817,7 +822,7 @@ def run(args: argparse.Namespace, body: Any) -> dict[str, Any]:
         stack.callback(h.close)
         h.start_coordinator()
         started = time.perf_counter()
-        doc = body(h)
+        doc: dict[str, Any] = body(h)
         doc["total_seconds"] = round(time.perf_counter() - started, 1)
         return doc
 
