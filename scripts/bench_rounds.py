@@ -4,11 +4,16 @@ Every federation is started the way `tessera demo` starts one (dev PKI, per-part
 synthetic customers, real mTLS gRPC), then one `histogram` job on ``monthly_spend`` is timed from
 submit to result, ``--runs`` times, for every vector length and number of dropouts asked for.
 
-Dropouts are real: right after the advertise_keys stage closes (seen on the job's event stream) k
-node processes are frozen with SIGSTOP; they miss the next deadline and the coordinator closes the
-stage without them. They get SIGCONT once the round has ended. The dropped figure therefore
-INCLUDES the wait for the coordinator's ``--stage-timeout`` (nothing is subtracted); the wait
-itself is measured from the job's event timestamps and reported apart.
+Dropouts are real: as soon as the job's event stream shows that stage ``--drop-stage`` was handed
+out (``<stage>: asked``), k node processes are killed (``--drop-mode kill``, SIGKILL: a crash, the
+connection closes) or frozen (``stop``, SIGSTOP: a hung machine, the connection stays open and
+only heartbeat silence or the stage deadline tells the coordinator). ``share_keys`` drops nodes
+before any input left them; ``consistency_check`` and ``unmask`` drop them after their masked
+input was sent, so the coordinator must recover their masks (the costly path); a kill that lands
+after a fast node already answered the named stage drops it at the next one. Killed nodes are
+started again (same state folder) after the round, frozen ones get SIGCONT. The dropped figure
+INCLUDES any wait for the coordinator to notice (nothing is subtracted); the wait itself is
+measured from the job's event timestamps and reported apart.
 
 Vector length: a length L above 4096 is laid out as G groups of ``region`` x L/G bins (a histogram
 takes up to 2^20 cells). A config the analysis would refuse is checked with the analysis' own plan,
@@ -63,7 +68,8 @@ from tessera.core.rounds import analysis_spec
 from tessera.core.types import JobSpec
 
 EPSILON, DELTA = 0.5, 1e-7  # within every example policy's per-job limits
-DROPPED = re.compile(r"^(advertise_keys|share_keys|masked_input|unmask): .+ dropped$")  # deadline closes
+DROPPED = re.compile(r"^(advertise_keys|share_keys|masked_input|consistency_check|unmask): .+ dropped$")
+DROP_STAGES = ("share_keys", "masked_input", "consistency_check", "unmask")
 
 
 def log(message: str) -> None:
@@ -109,6 +115,7 @@ class Federation:
         self.names = partner_names(nodes)
         self.stage_timeout = stage_timeout
         self.procs: list[_Proc] = []
+        self.argv: dict[str, list[str]] = {}
         self.pki = work / "pki"
         init_ca(self.pki, consortium="tessera-bench")
         issue(self.pki, kind="coordinator", name="coordinator")
@@ -158,8 +165,16 @@ class Federation:
                 "--log-file", str(self.work / "logs" / f"node-{name}.log"),
             ]
             # fmt: on
+            self.argv[name] = argv
             self.procs.append(_spawn(name, argv, self.work / "logs" / f"node-{name}.out"))
         return address
+
+    def restart(self, name: str) -> None:
+        """Start a killed node's process again (same state folder: its ledgers survive)."""
+        old = self.node(name)
+        old.process.wait()
+        self.procs.remove(old)
+        self.procs.append(_spawn(name, self.argv[name], self.work / "logs" / f"node-{name}.out"))
 
     def node(self, name: str) -> _Proc:
         return next(p for p in self.procs if p.name == name)
@@ -173,13 +188,16 @@ class Federation:
 
 
 @contextlib.contextmanager
-def resumed_after(fed: Federation, frozen: list[str]) -> Iterator[None]:
+def resumed_after(fed: Federation, frozen: list[str], mode: str) -> Iterator[None]:
     try:
         yield
     finally:
         for name in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(fed.node(name).process.pid, signal.SIGCONT)
+            if mode == "kill":
+                fed.restart(name)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(fed.node(name).process.pid, signal.SIGCONT)
 
 
 def _seconds(event: Any) -> float:
@@ -211,24 +229,33 @@ def stage_seconds(events: Sequence[Any]) -> dict[str, float]:
     marks: list[tuple[str, float]] = [("advertise_keys", _seconds(events[0]))]
     for event in events[1:]:
         if event.message.endswith(" node(s)") and ": asked " in event.message:
-            marks.append((event.message.split(":", 1)[0], _seconds(event)))
+            marks.append((event.message.split(":", 1)[0].split(", ")[-1], _seconds(event)))
     marks.append(("end", _seconds(events[-1])))
     return {name: round(marks[i + 1][1] - at, 3) for i, (name, at) in enumerate(marks[:-1])}
 
 
 def one_round(
-    client: AnalystClient, fed: Federation, spec: JobSpec, *, drop: int, victims: list[str]
+    client: AnalystClient,
+    fed: Federation,
+    spec: JobSpec,
+    *,
+    drop: int,
+    victims: list[str],
+    stage: str = "share_keys",
+    mode: str = "kill",
 ) -> dict[str, Any]:
     frozen: list[str] = []
     events: list[Any] = []
     started, wall = time.perf_counter(), time.time()
-    with resumed_after(fed, frozen):
+    trigger = re.compile(rf"^round \d+ of \d+, {stage}: asked|^{stage}: asked")
+    with resumed_after(fed, frozen, mode):
         job_id = client.submit(spec)
         for event in client.watch(job_id, timeout_s=20 * fed.stage_timeout + 120):
             events.append(event)
-            if drop and not frozen and event.message.startswith("share_keys: asked"):
+            if drop and not frozen and trigger.match(event.message):
                 for name in victims[:drop]:
-                    os.kill(fed.node(name).process.pid, signal.SIGSTOP)
+                    sig = signal.SIGKILL if mode == "kill" else signal.SIGSTOP
+                    os.kill(fed.node(name).process.pid, sig)
                     frozen.append(name)
         doc = client.result_document(job_id)
         seconds = time.perf_counter() - started
@@ -246,7 +273,9 @@ def one_round(
         "stage_seconds": stage_seconds(events),
         "before_first_event_seconds": round(first - wall, 3),
         "after_last_event_seconds": round(ended - last, 3),
-        "frozen": frozen,
+        "dropped_by_harness": frozen,
+        "drop_stage": stage if drop else None,
+        "drop_mode": mode if drop else None,
         "dropped": result.get("dropped", []),
         "survivors": len(result.get("survivors", [])),
         "drop_events": notes,
@@ -278,7 +307,7 @@ def precheck(nodes: int, length: int, drop: int) -> str:
 
 
 def bench_federation(
-    args: argparse.Namespace, nodes: int, work: Path, configs: Sequence[tuple[int, int]]
+    args: argparse.Namespace, nodes: int, work: Path, configs: Sequence[tuple[int, int, str]]
 ) -> list[dict[str, Any]]:
     """Start one federation of ``nodes`` and time every (length, dropouts) config on it."""
     log(f"{nodes} nodes: writing PKI, policies and data ({args.rows} customers each)")
@@ -293,9 +322,10 @@ def bench_federation(
             log(f"{nodes} nodes enrolled in {time.perf_counter() - t0:.1f}s")
             # Freeze from the end of the list: the first three always stay and keep a quorum.
             victims = list(reversed(fed.names))
-            for length, drop in configs:
+            for length, drop, stage in configs:
                 groups, bins = layout_for(length)
                 row: dict[str, Any] = {"nodes": nodes, "length": length, "dropouts": drop}
+                row |= {"drop_stage": stage or None, "drop_mode": args.drop_mode if drop else None}
                 row |= {"groups": groups, "bins": bins, "max_dropouts": max(drop, 1)}
                 spec = histogram_spec(length, max_dropouts=max(drop, 1))
                 runs: list[dict[str, Any]] = []
@@ -304,12 +334,15 @@ def bench_federation(
                         one_round(client, fed, spec, drop=0, victims=victims)
                         jobs_before += 1
                     for run in range(args.runs):
-                        runs.append(one_round(client, fed, spec, drop=drop, victims=victims))
+                        how = {"drop": drop, "victims": victims, "stage": stage, "mode": args.drop_mode}
+                        runs.append(one_round(client, fed, spec, **how))
                         runs[-1]["jobs_before_on_coordinator"] = jobs_before
+                        if drop and args.drop_mode == "kill":
+                            _wait_enrolled(client, fed.names, fed.procs, args.start_timeout)
                         jobs_before += 1
                         last = runs[-1]
                         log(
-                            f"n={nodes} L={length} k={drop} run {run + 1}: {last['status']} "
+                            f"n={nodes} L={length} k={drop}@{stage or '-'} run {run + 1}: {last['status']} "
                             f"{last['seconds']:.2f}s (deadline wait {last['deadline_wait_seconds']:.2f}s)"
                         )
                 except TesseraError as exc:
@@ -339,6 +372,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--length", type=ints, default=[1_000_000, 65_536])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dropouts", type=ints, default=[0, 1, 3])
+
+    def stages(text: str) -> list[str]:
+        chosen = [x for x in text.split(",") if x]
+        unknown = set(chosen) - set(DROP_STAGES)
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown stage(s) {sorted(unknown)}; use {DROP_STAGES}")
+        return chosen
+
+    parser.add_argument(
+        "--drop-stage",
+        type=stages,
+        default=["share_keys", "masked_input", "consistency_check"],
+        help="stages at which the k nodes drop (each is its own config)",
+    )
+    parser.add_argument("--drop-mode", choices=("kill", "stop"), default="kill")
     parser.add_argument("--rows", type=int, default=200, help="synthetic customers per node")
     parser.add_argument("--stage-timeout", type=float, default=5.0, help="coordinator's seconds per stage")
     parser.add_argument("--start-timeout", type=float, default=300.0)
@@ -356,15 +404,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for nodes in args.nodes:
-        configs: list[tuple[int, int]] = []
+        configs: list[tuple[int, int, str]] = []
         for length in args.length:
             for drop in args.dropouts:
                 why = precheck(nodes, length, drop)
                 if why:
                     log(f"n={nodes} L={length} k={drop}: {why}")
                     rows.append({"nodes": nodes, "length": length, "dropouts": drop, "not_run": why})
+                elif drop == 0:
+                    configs.append((length, drop, ""))
                 else:
-                    configs.append((length, drop))
+                    configs.extend((length, drop, stage) for stage in args.drop_stage)
         # A fresh federation per config unless --reuse: a coordinator slows down as it keeps
         # the results of earlier large jobs (see jobs_before_on_coordinator).
         batches = [configs] if args.reuse else [[c] for c in configs]
@@ -386,8 +436,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "stage_timeout_seconds": args.stage_timeout,
         "fresh_federation_per_config": not args.reuse,
         "warmup_round_per_config": args.warmup,
+        "drop_mode": args.drop_mode,
         "note": (
-            "with dropouts the figure includes waiting for the stage deadline (stage_timeout); "
+            "with dropouts the figure includes the coordinator noticing the drop (a killed node's "
+            "closed connection plus a one-second grace; a frozen one's heartbeat silence or the "
+            "stage deadline); "
             "median_seconds_excluding_wait subtracts the idle wait measured from the job events; "
             ""
             "jobs_before_on_coordinator shows how many jobs the same coordinator ran earlier"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
-from collections.abc import Iterator
-from concurrent import futures
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core import pki
-from tessera.server.auth import AuthInterceptor
+from tessera.server.auth import AioAuthInterceptor
 from tessera.v1 import node_pb2, node_pb2_grpc
 
 HEARTBEAT = "/tessera.v1.NodeService/Heartbeat"
@@ -42,35 +43,51 @@ def make_consortium(base: Path) -> Consortium:
 
 
 class _Node(node_pb2_grpc.NodeServiceServicer):  # type: ignore[misc]
-    def Heartbeat(
-        self, request: node_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    async def Heartbeat(
+        self, request: node_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.HeartbeatResponse:
         # Echo whom the certificate names, through the public helper servicers will use.
-        caller = pki.peer_identity(context)
+        caller = pki.peer_identity(context)  # type: ignore[arg-type]
         return node_pb2.HeartbeatResponse(re_enrol=caller.name == "n1")
+
+
+async def _upload(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+    return b"".join([r async for r in requests])
 
 
 @contextmanager
 def running_server(pki_dir: Path, logger: logging.Logger) -> Iterator[int]:
-    """A coordinator-like server on 127.0.0.1:<port> with health, NodeService and the interceptor."""
-    interceptor = AuthInterceptor(pki_dir / "ca.pem", pki_dir / "crl.pem", logger)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[interceptor])
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    node_pb2_grpc.add_NodeServiceServicer_to_server(_Node(), server)  # type: ignore[abstract]
-    reflection.enable_server_reflection(
-        ("tessera.v1.NodeService", reflection.SERVICE_NAME, health.SERVICE_NAME), server
-    )
-    probe = grpc.stream_unary_rpc_method_handler(lambda requests, context: b"".join(requests))
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("tessera.test.Probe", {"Upload": probe}),)
-    )
-    creds = pki.server_credentials(pki.TlsFiles.for_identity(pki_dir, "coordinator", "co"))
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    server.start()
+    """A coordinator-like server on 127.0.0.1:<port> — grpc's asyncio server, as the coordinator
+    runs — with health, reflection, NodeService and the coordinator's auth interceptor."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-grpc-loop", daemon=True)
+    thread.start()
+
+    async def build() -> tuple[grpc.aio.Server, int]:
+        interceptor = AioAuthInterceptor(pki_dir / "ca.pem", pki_dir / "crl.pem", logger)
+        server = grpc.aio.server(interceptors=[interceptor])
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(_Node(), server)  # type: ignore[abstract]
+        reflection.enable_server_reflection(
+            ("tessera.v1.NodeService", reflection.SERVICE_NAME, health.SERVICE_NAME), server
+        )
+        probe = grpc.stream_unary_rpc_method_handler(_upload)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("tessera.test.Probe", {"Upload": probe}),)
+        )
+        creds = pki.server_credentials(pki.TlsFiles.for_identity(pki_dir, "coordinator", "co"))
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(build(), loop).result(30)
     try:
         yield port
     finally:
-        server.stop(grace=None)
+        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def raw_credentials(ca_dir: Path, ident_dir: Path, kind: str, name: str) -> grpc.ChannelCredentials:

@@ -41,14 +41,22 @@ class Federation:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start_coordinator(self, *, port: int = 0, stage_timeout: float = 30.0) -> int:
+    def start_coordinator(
+        self,
+        *,
+        port: int = 0,
+        stage_timeout: float = 30.0,
+        heartbeat_ms: int = 200,
+        stream_grace: float = 1.0,
+    ) -> int:
         self.store = open_store(self.db_url)
         config = CoordinatorConfig(
             listen=f"127.0.0.1:{port}",
             tls=TlsFiles.for_identity(self.pki_dir, "coordinator", "coordinator"),
-            heartbeat_interval_ms=200,
+            heartbeat_interval_ms=heartbeat_ms,
             tick_seconds=0.1,
             stage_timeout=timedelta(seconds=stage_timeout),
+            stream_grace=timedelta(seconds=stream_grace),
         )
         self.coordinator = Coordinator(config, self.store)
         self.port = self.coordinator.start()

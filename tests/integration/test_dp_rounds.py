@@ -90,6 +90,23 @@ def test_a_node_dropping_at_any_stage_still_gives_the_right_sum(fed: Federation,
     assert (_spent(fed, "stranger") > 0) == (stage == "unmask")
 
 
+def test_a_node_that_died_after_its_masked_input_is_told_the_job_ended(fed: Federation) -> None:
+    # It counts in the sum and was charged, but never saw the last unmask: without an end notice
+    # its reservation would stay held until it expires.
+    _start(fed, tuple(NODES), drop={"stranger": "unmask"})
+    doc = _run(fed, _count(max_dropouts=1))
+    assert doc["status"] == "succeeded", doc
+    assert "stranger" in doc["result"]["survivors"]
+    fed.stop_node("stranger")
+    fed.start_node("stranger", policy=open_policy(NODES["stranger"], "stranger", fed.work))  # same ledgers
+
+    def released() -> bool:
+        return all(r.state.value != "reserved" for r in fed.ledgers("stranger").budget.history())
+
+    wait_for(released)
+    assert _spent(fed, "stranger") > 0  # what its masked input cost stays spent
+
+
 def test_too_many_dropouts_fail_cleanly_and_charge_nobody_who_sent_nothing(fed: Federation) -> None:
     _start(fed, ("bank", "telco", "retailer"), drop={"retailer": "share_keys"})
     doc = _run(fed, _count())

@@ -1,123 +1,118 @@
-"""AnalystService: thin — authenticate the analyst, decode, call the job service, encode."""
+"""AnalystService: thin — authenticate the analyst, decode, call the job service, encode.
+
+Runs on the coordinator's asyncio loop: each unary call runs its body (store reads, the job
+service) in the bounded pool (``Blocking``); a job watch is a parked coroutine woken only by
+changes to its own job. Errors are raised as ``TesseraError`` and become a gRPC status in
+``boundary.AioErrorBoundary``.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
 
 from tessera.core import serde
-from tessera.core.errors import AuthError, TesseraError
-from tessera.core.grpc_status import abort
-from tessera.core.types import PeerIdentity, Stage
+from tessera.core.errors import AuthError, TesseraError, Unavailable
+from tessera.core.types import JobSpec, PeerIdentity, Stage
+from tessera.server.blocking import Blocking
 from tessera.server.budget_mirror import NODE_BUDGET, node_budgets
 from tessera.server.jobs import JobService
 from tessera.server.node_servicer import Identify
 from tessera.server.notifier import Notifier
-from tessera.server.store import JobRecord, NodeRecord
+from tessera.server.store import EventRecord, JobRecord, NodeRecord
 from tessera.v1 import analyst_pb2, analyst_pb2_grpc
 
 log = logging.getLogger("tessera.coordinator.analysts")
+# A watch re-reads its job's events this often even without a wake-up (a safety net only).
+WATCH_RECHECK_S = 60.0
 
 
 class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
     def __init__(
-        self, jobs: JobService, notifier: Notifier, identify: Identify, *, online_after: timedelta
+        self,
+        jobs: JobService,
+        notifier: Notifier,
+        identify: Identify,
+        *,
+        blocking: Blocking,
+        online_after: timedelta,
     ) -> None:
         self.jobs = jobs
         self.notifier = notifier
         self.identify = identify
+        self.run = blocking
         self.online_after = online_after
 
-    def _analyst(self, context: grpc.ServicerContext) -> PeerIdentity:
-        peer = self.identify(context)
+    def _analyst(self, context: grpc.aio.ServicerContext) -> PeerIdentity:
+        peer = self.identify(context)  # type: ignore[arg-type]
         if peer.kind != "analyst":
             raise AuthError("only analyst certificates may call the analyst service")
         return peer
 
-    def SubmitJob(
-        self, request: analyst_pb2.SubmitJobRequest, context: grpc.ServicerContext
+    async def SubmitJob(
+        self, request: analyst_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.SubmitJobResponse:
-        try:
-            peer = self._analyst(context)
-            spec = serde.job_spec_from_pb(request.spec)
-            try:
-                job = self.jobs.submit(spec, actor=peer)
-            except TesseraError as exc:
-                self.jobs.store.audit(
-                    actor=peer.name,
-                    role=peer.role or "",
-                    action="job.submit",
-                    now=self.jobs.clock(),
-                    outcome=f"refused: {exc.code}",
-                )
-                raise
-        except TesseraError as exc:
-            abort(context, exc)
+        peer = self._analyst(context)
+        spec = serde.job_spec_from_pb(request.spec)
+        job = await self.run(self._submit, spec, peer)
         return analyst_pb2.SubmitJobResponse(job_id=job.job_id, state=serde.state_to_pb(job.state))
 
-    def GetJob(self, request: analyst_pb2.GetJobRequest, context: grpc.ServicerContext) -> analyst_pb2.Job:
+    def _submit(self, spec: JobSpec, peer: PeerIdentity) -> JobRecord:
         try:
-            self._analyst(context)
-            return self._job_pb(self.jobs.store.get_job(request.job_id))
+            return self.jobs.submit(spec, actor=peer)
         except TesseraError as exc:
-            abort(context, exc)
+            self.jobs.store.audit(
+                actor=peer.name,
+                role=peer.role or "",
+                action="job.submit",
+                now=self.jobs.clock(),
+                outcome=f"refused: {exc.code}",
+            )
+            raise
 
-    def CancelJob(
-        self, request: analyst_pb2.CancelJobRequest, context: grpc.ServicerContext
+    async def GetJob(
+        self, request: analyst_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.Job:
-        try:
-            peer = self._analyst(context)
-            return self._job_pb(self.jobs.cancel(request.job_id, actor=peer))
-        except TesseraError as exc:
-            abort(context, exc)
+        self._analyst(context)
+        return await self.run(lambda: self._job_pb(self.jobs.store.get_job(request.job_id)))
 
-    def WatchJob(
-        self, request: analyst_pb2.WatchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[analyst_pb2.JobEvent]:
-        try:
-            self._analyst(context)
-            self.jobs.store.get_job(request.job_id)
-        except TesseraError as exc:
-            abort(context, exc)
+    async def CancelJob(
+        self, request: analyst_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> analyst_pb2.Job:
+        peer = self._analyst(context)
+        return await self.run(lambda: self._job_pb(self.jobs.cancel(request.job_id, actor=peer)))
+
+    async def WatchJob(
+        self, request: analyst_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[analyst_pb2.JobEvent]:
+        self._analyst(context)
+        job_id = request.job_id
+        await self.run(self.jobs.store.get_job, job_id)  # NotFound before the stream starts
         last = 0
-        while context.is_active():
-            seen = self.notifier.version
-            try:
-                events = self.jobs.store.events_after(request.job_id, last)
-            except TesseraError as exc:
-                abort(context, exc)
+        while True:
+            seen = self.notifier.job_version(job_id)
+            events = await self.run(self.jobs.store.events_after, job_id, last)
             for ev in events:
                 last = ev.seq
-                msg = analyst_pb2.JobEvent(
-                    job_id=ev.job_id,
-                    state=serde.state_to_pb(ev.state),
-                    message=ev.message,
-                    round=ev.round,
-                    done=ev.done,
-                    expected=ev.expected,
-                )
-                msg.at.FromDatetime(ev.at)
-                if ev.stage:
-                    msg.stage = serde.stage_to_pb(Stage(ev.stage))
-                yield msg
+                yield _event_pb(ev)
                 if ev.state.terminal:
                     return
             if self.notifier.closed:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down")
-            self.notifier.wait(seen, timeout=1.0)
+                raise Unavailable("the coordinator is shutting down")
+            await self.notifier.wait_job_async(job_id, seen, timeout=WATCH_RECHECK_S)
 
-    def GetResult(
-        self, request: analyst_pb2.GetResultRequest, context: grpc.ServicerContext
+    async def GetResult(
+        self, request: analyst_pb2.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.JobResult:
-        try:
-            self._analyst(context)
-            job = self.jobs.store.get_job(request.job_id)
-            vetoes = self.jobs.store.vetoes_for(job.job_id)
-        except TesseraError as exc:
-            abort(context, exc)
+        self._analyst(context)
+        return await self.run(self._result, request.job_id)
+
+    def _result(self, job_id: str) -> analyst_pb2.JobResult:
+        job = self.jobs.store.get_job(job_id)
+        vetoes = self.jobs.store.vetoes_for(job.job_id)
         return analyst_pb2.JobResult(
             job_id=job.job_id,
             state=serde.state_to_pb(job.state),
@@ -127,36 +122,33 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
             error=job.error,
         )
 
-    def ListJobs(
-        self, request: analyst_pb2.ListJobsRequest, context: grpc.ServicerContext
+    async def ListJobs(
+        self, request: analyst_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.ListJobsResponse:
-        try:
-            self._analyst(context)
-            jobs = self.jobs.store.list_jobs(limit=min(request.limit or 50, 1000))
-        except TesseraError as exc:
-            abort(context, exc)
-        return analyst_pb2.ListJobsResponse(jobs=[self._job_pb(j, with_vetoes=False) for j in jobs])
+        self._analyst(context)
+        limit = min(request.limit or 50, 1000)
 
-    def ListNodes(
-        self, request: analyst_pb2.ListNodesRequest, context: grpc.ServicerContext
+        def body() -> analyst_pb2.ListJobsResponse:
+            jobs = self.jobs.store.list_jobs(limit=limit)
+            return analyst_pb2.ListJobsResponse(jobs=[self._job_pb(j, with_vetoes=False) for j in jobs])
+
+        return await self.run(body)
+
+    async def ListNodes(
+        self, request: analyst_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.ListNodesResponse:
-        try:
-            self._analyst(context)
-            nodes = self.jobs.nodes()
-        except TesseraError as exc:
-            abort(context, exc)
-        return analyst_pb2.ListNodesResponse(nodes=[self._node_pb(n) for n in nodes])
+        self._analyst(context)
+        return await self.run(
+            lambda: analyst_pb2.ListNodesResponse(nodes=[self._node_pb(n) for n in self.jobs.nodes()])
+        )
 
-    def ListAudit(
-        self, request: analyst_pb2.ListAuditRequest, context: grpc.ServicerContext
+    async def ListAudit(
+        self, request: analyst_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.ListAuditResponse:
-        try:
-            peer = self._analyst(context)
-            if peer.role not in ("admin", "auditor"):
-                raise AuthError("reading the audit log needs the admin or auditor role")
-            entries = self.jobs.store.list_audit(limit=min(request.limit or 100, 10000))
-        except TesseraError as exc:
-            abort(context, exc)
+        peer = self._analyst(context)
+        if peer.role not in ("admin", "auditor"):
+            raise AuthError("reading the audit log needs the admin or auditor role")
+        entries = await self.run(self.jobs.store.list_audit, limit=min(request.limit or 100, 10000))
         out = []
         for a in entries:
             entry = analyst_pb2.AuditEntry(
@@ -166,14 +158,13 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
             out.append(entry)
         return analyst_pb2.ListAuditResponse(entries=out)
 
-    def ListBudgets(
-        self, request: analyst_pb2.ListBudgetsRequest, context: grpc.ServicerContext
+    async def ListBudgets(
+        self, request: analyst_pb2.ListBudgetsRequest, context: grpc.aio.ServicerContext
     ) -> analyst_pb2.ListBudgetsResponse:
-        try:
-            self._analyst(context)
-            views = node_budgets(self.jobs.store, self.jobs.nodes(), now=self.jobs.clock())
-        except TesseraError as exc:
-            abort(context, exc)
+        self._analyst(context)
+        views = await self.run(
+            lambda: node_budgets(self.jobs.store, self.jobs.nodes(), now=self.jobs.clock())
+        )
         return analyst_pb2.ListBudgetsResponse(
             budgets=[
                 analyst_pb2.BudgetView(
@@ -219,3 +210,18 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
         msg.last_seen.FromDatetime(node.last_seen)
         msg.enrolled_at.FromDatetime(node.enrolled_at)
         return msg
+
+
+def _event_pb(ev: EventRecord) -> analyst_pb2.JobEvent:
+    msg = analyst_pb2.JobEvent(
+        job_id=ev.job_id,
+        state=serde.state_to_pb(ev.state),
+        message=ev.message,
+        round=ev.round,
+        done=ev.done,
+        expected=ev.expected,
+    )
+    msg.at.FromDatetime(ev.at)
+    if ev.stage:
+        msg.stage = serde.stage_to_pb(Stage(ev.stage))
+    return msg

@@ -24,19 +24,22 @@ read the caller with ``tessera.core.pki.peer_identity(context)`` (cached).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc import aio
 
 from tessera.core.errors import AuthError, PkiError
 from tessera.core.pki import identity_from_pem, load_certificate, load_revoked_serials
 from tessera.core.types import PeerIdentity
+from tessera.server.aio_wrap import wrap_handler
 
 _NODE_SERVICE = "/tessera.v1.NodeService/"
 _ANALYST_SERVICE = "/tessera.v1.AnalystService/"
@@ -134,6 +137,16 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         context.abort(refusal.code, refusal.details)
         raise AssertionError("context.abort returned")  # abort always raises
 
+    async def check_async(self, method: str, context: grpc.aio.ServicerContext) -> PeerIdentity:
+        """``check`` for grpc's asyncio server (whose ``abort`` is a coroutine)."""
+        identity, refusal = self._decide(method, context)  # type: ignore[arg-type]
+        if refusal is None and identity is not None:
+            return identity
+        refusal = refusal or _Refusal(grpc.StatusCode.INTERNAL, "authorisation failed", "internal")
+        self._log_refusal(method, identity, refusal.reason)
+        await context.abort(refusal.code, refusal.details)
+        raise AssertionError("context.abort returned")  # abort always raises
+
     def _decide(
         self, method: str, context: grpc.ServicerContext
     ) -> tuple[PeerIdentity | None, _Refusal | None]:
@@ -199,6 +212,30 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None  # unknown method: gRPC answers UNIMPLEMENTED
         return _wrap(handler, handler_call_details.method, self.check)
+
+
+class AioAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """The same checks as ``AuthInterceptor``, for grpc's asyncio server (the coordinator's)."""
+
+    def __init__(self, ca_path: Path, crl_path: Path | None, logger: logging.Logger) -> None:
+        self.gate = AuthInterceptor(ca_path, crl_path, logger)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: gRPC answers UNIMPLEMENTED
+        method, gate = handler_call_details.method, self.gate
+
+        @contextlib.asynccontextmanager
+        async def around(context: grpc.aio.ServicerContext, _streaming: bool) -> AsyncIterator[None]:
+            await gate.check_async(method, context)
+            yield
+
+        return wrap_handler(handler, around)
 
 
 def _wrap(

@@ -9,13 +9,23 @@ privacy is one customer, joined across datasets by One ID), so the mirror keeps 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tessera.core.dp import rho_for, rho_to_epsilon
+from tessera.core import dp
 from tessera.server.store import NodeRecord, SqlStore
+
+# Pure functions of two floats, asked again for every node and every job with the same values.
+rho_for = functools.lru_cache(maxsize=4096)(lambda epsilon, delta: dp.rho_for(epsilon=epsilon, delta=delta))
+_to_epsilon = functools.lru_cache(maxsize=4096)(lambda rho, delta: dp.rho_to_epsilon(rho, delta=delta))
+
+
+def rho_to_epsilon(rho: float, *, delta: float) -> float:
+    return float(_to_epsilon(rho, delta))
+
 
 # What a node's budget covers, for wire fields that still name a dataset (analyst BudgetView).
 NODE_BUDGET = "customers"
@@ -45,7 +55,7 @@ class BudgetView:
         """Whether a further release at (ε, δ) still fits the period, as far as the mirror knows."""
         if epsilon <= 0 or delta <= 0:
             return True
-        rho = self.rho_spent + rho_for(epsilon=epsilon, delta=delta)
+        rho = self.rho_spent + float(rho_for(epsilon, delta))
         return rho_to_epsilon(rho, delta=self.delta) <= self.epsilon_limit * (1 + 1e-9)
 
 

@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from tessera.core.analyses.customer_table import plan_fields
@@ -116,6 +117,11 @@ class DpJob:
         self.state = state
         self.round: DpRound | None = None
         self.plan: VectorPlan | None = None
+        # The open stage as the job service hands it out: nodes it still waits for, how many it
+        # asked, its deadline (in memory, so an answer needs no count of the stage's tasks).
+        self.waiting: set[str] = set()
+        self.asked = 0
+        self.stage_deadline: datetime | None = None
 
     @property
     def max_rounds(self) -> int:

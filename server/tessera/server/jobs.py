@@ -17,7 +17,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,9 +43,7 @@ log = logging.getLogger("tessera.coordinator.jobs")
 HARD_MIN_PARTICIPANTS = 3  # with two nodes an aggregate reveals the other node's vector
 DEFAULT_MAX_CUSTOMERS = 10_000_000  # per node, sizes the modular bit width of DP rounds
 END_CODEC = "job/end"
-# A DP stage reports each answer as progress only once it has run this long: a round of three
-# quick stages would otherwise write a progress event per node per stage.
-PROGRESS_AFTER_S = 0.25
+PROGRESS_EVERY_S = 0.5  # at most one "k of n answered" event per job this often
 
 
 class JobService:
@@ -66,11 +65,12 @@ class JobService:
         # A node silent (no heartbeat, no stream) this long while a stage waits for it has dropped:
         # the stage closes without it instead of waiting out its whole deadline.
         self.node_silence = node_silence
-        # One coordinator process owns job transitions; the lock keeps concurrent answers from
-        # racing to finish the same stage.
-        self._lock = threading.RLock()
+        # One coordinator process owns job transitions; a lock per job keeps concurrent answers
+        # from racing to finish the same stage, while answers of different jobs go side by side.
+        self._locks = JobLocks()
         self._dp: dict[str, DpJob] = {}
-        self._stage_started: dict[str, float] = {}  # job -> when its open DP stage began (monotonic)
+        self._progress: dict[str, float] = {}  # job -> when its last progress event was written
+        self._progress_owed: set[str] = set()  # jobs whose latest progress is not written yet
 
     # -- analyst side ---------------------------------------------------------------------------
 
@@ -82,8 +82,8 @@ class JobService:
             raise InvalidRequest("the job's deadline is already in the past")
         nodes = self._plan_participants(spec, info)
         state = self._initial_state(spec, nodes) if info.differentially_private else None
-        with self._lock:
-            job = self.store.create_job(spec, submitted_by=actor.name, now=now)
+        job = self.store.create_job(spec, submitted_by=actor.name, now=now)
+        with self._locks.hold(job.job_id):
             plan_text = f"{spec.analysis} on {len(nodes)} node(s)"
             if state is not None:
                 tolerated = len(nodes) - state.threshold
@@ -104,7 +104,7 @@ class JobService:
         return job
 
     def cancel(self, job_id: str, *, actor: PeerIdentity) -> JobRecord:
-        with self._lock:
+        with self._locks.hold(job_id):
             job = self.store.get_job(job_id)
             if job.state.terminal:
                 raise Conflict(f"job {job_id} has already ended ({job.state.value})")
@@ -122,7 +122,7 @@ class JobService:
             self.store.audit(
                 actor=actor.name, role=actor.role or "", action="job.cancel", now=self.clock(), job_id=job_id
             )
-        self.notifier.notify()
+        self.notifier.notify(job=job_id)
         return job
 
     def _plan_participants(self, spec: JobSpec, info: AnalysisInfo) -> list[NodeRecord]:
@@ -205,7 +205,7 @@ class JobService:
             stage=stage,
             expected=len(participants),
         )
-        self.notifier.notify(participants)
+        self.notifier.notify(participants, job=job.job_id)
         return job
 
     def _start_dp_job(
@@ -234,8 +234,9 @@ class JobService:
             self.store.save_driver_state(job.job_id, dp_job.state.to_json())
         if tasks.stage is Stage.ADVERTISE_KEYS or tasks.round != job.round:  # idempotent per round
             self.store.start_round(job.job_id, round=tasks.round, rho=dp_job.plan_rho, now=now)
-        self._stage_started[job.job_id] = time.monotonic()
         nodes = sorted(tasks.inputs)
+        deadline = self._deadline(job, now)
+        dp_job.waiting, dp_job.asked, dp_job.stage_deadline = set(nodes), len(nodes), deadline
         self.store.add_tasks(
             job.job_id,
             round=tasks.round,
@@ -243,7 +244,7 @@ class JobService:
             stage=tasks.stage,
             node_ids=nodes,
             now=now,
-            deadline=self._deadline(job, now),
+            deadline=deadline,
             stage_inputs=tasks.inputs,
             round_input=tasks.round_input,
         )
@@ -258,7 +259,7 @@ class JobService:
             stage=tasks.stage,
             expected=len(nodes),
         )
-        self.notifier.notify(nodes)
+        self.notifier.notify(nodes, job=job.job_id)
         return job
 
     # -- node side ------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class JobService:
     def task_for(self, node_id: str, *, task_id: str, job_id: str, round_no: int, stage: Stage) -> TaskRecord:
         """The task a node's message answers; refuses messages bound to anything else."""
         try:
-            task = self.store.get_task(task_id)
+            task = self.store.get_task(task_id, payload=False)
         except NotFound:
             raise InvalidRequest("the message names no task this coordinator issued") from None
         if task.node_id != node_id:
@@ -278,7 +279,7 @@ class JobService:
     def on_message(self, node_id: str, task: TaskRecord, message: node_pb2.RoundMessage) -> bool:
         """A node's answer to one task; False when the task was already closed (a replay)."""
         body = message.WhichOneof("body")
-        with self._lock:
+        with self._locks.hold(task.job_id):
             if not task.state.open:
                 return False
             if task.stage is Stage.ABORT:
@@ -299,6 +300,7 @@ class JobService:
                 answer = b""
             fresh = self.store.answer_task(task.task_id, answer=answer)
             if fresh:
+                self._answered(task)
                 self._advance(task.job_id)
         return fresh
 
@@ -309,50 +311,90 @@ class JobService:
             reason=veto.reason,
             policy_hash=veto.policy_hash,
         )
-        with self._lock:
+        with self._locks.hold(task.job_id):
             fresh = self.store.answer_task(task.task_id, answer=None, veto=veto)
             if fresh:
                 log.info("veto job=%s node=%s code=%s", task.job_id, node_id, veto.code)
+                self._answered(task)
                 self._advance(task.job_id)
         return fresh
 
-    def _current_tasks(self, job: JobRecord) -> list[TaskRecord]:
-        tasks = self.store.tasks_for(job.job_id, round=job.round)
+    def _answered(self, task: TaskRecord) -> None:
+        dp_job = self._dp.get(task.job_id)
+        if dp_job is not None and task.stage is dp_job.stage and task.epoch == dp_job.state.epoch:
+            dp_job.waiting.discard(task.node_id)
+
+    def _stage_of(self, job: JobRecord) -> tuple[Stage | None, int | None]:
+        """The stage and epoch of the job's open tasks (None, None: every task of its round)."""
         dp_job = self._dp.get(job.job_id)
-        if dp_job is not None:
-            tasks = [t for t in tasks if t.stage is dp_job.stage and t.epoch == dp_job.state.epoch]
-        return tasks
+        if dp_job is None:
+            return None, None
+        return dp_job.stage, dp_job.state.epoch
+
+    def _current_tasks(self, job: JobRecord, *, payload: bool = False) -> list[TaskRecord]:
+        stage, epoch = self._stage_of(job)
+        if job.job_id in self._dp and stage is None:
+            return []
+        return self.store.tasks_for(job.job_id, round=job.round, stage=stage, epoch=epoch, payload=payload)
 
     def _advance(self, job_id: str, *, force: bool = False) -> None:
-        """Record progress; close the stage once every task is closed (or ``force``: deadline)."""
-        job = self.store.get_job(job_id)
-        if job.state.terminal:
-            return
-        tasks = self._current_tasks(job)
-        closed = [t for t in tasks if not t.state.open]
+        """Record progress; close the stage once every task is closed (or ``force``: deadline).
+
+        Runs once per answer, so it stays cheap: the stage's tasks are counted in the database
+        (not loaded), a running DP job's round and stage come from its driver (the job record is
+        read only to close the stage), and a progress event is written at most every
+        ``PROGRESS_EVERY_S`` per job (the ticker writes one that is owed).
+        """
+        dp_job = self._dp.get(job_id)
+        job: JobRecord | None = None
+        if dp_job is not None:
+            if dp_job.stage is None:
+                return
+            round_no, stage, epoch = dp_job.state.round, dp_job.stage, dp_job.state.epoch
+            # Counted in memory; the database confirms before the stage closes (below).
+            closed, total = dp_job.asked - len(dp_job.waiting), dp_job.asked
+            if closed >= total or force:
+                closed, total = self.store.stage_counts(job_id, round=round_no, stage=stage, epoch=epoch)
+                if closed < total and not force:  # memory was wrong: take the database's word
+                    tasks = self.store.tasks_for(
+                        job_id, round=round_no, stage=stage, epoch=epoch, payload=False
+                    )
+                    dp_job.waiting = {t.node_id for t in tasks if t.state.open}
+        else:
+            job = self.store.get_job(job_id)
+            if job.state.terminal:
+                return
+            round_no, stage, epoch = job.round, Stage.LOCAL_REPORT, None
+            closed, total = self.store.stage_counts(job_id, round=round_no)
         now = self.clock()
-        stage = tasks[0].stage if tasks else Stage.LOCAL_REPORT
-        if len(closed) < len(tasks) and not force:
-            waiting = len(tasks) - len(closed)
-            started = self._stage_started.get(job_id)
-            if started is not None and time.monotonic() - started < PROGRESS_AFTER_S:
-                return  # a quick stage: its close is news enough, a write per answer is not
+        if closed < total and not force:
+            if time.monotonic() - self._progress.get(job_id, 0.0) < PROGRESS_EVERY_S:
+                self._progress_owed.add(job_id)
+                return
+            self._progress[job_id] = time.monotonic()
+            self._progress_owed.discard(job_id)
             self.store.update_job(
                 job_id,
                 now=now,
-                status_detail=f"waiting for {waiting} of {len(tasks)} node(s) ({stage.value}"
-                + (f", round {job.round})" if job_id in self._dp else ")"),
-                event=f"{stage.value}: {len(closed)} of {len(tasks)} node(s) answered",
+                status_detail=f"waiting for {total - closed} of {total} node(s) ({stage.value}"
+                + (f", round {round_no})" if dp_job is not None else ")"),
+                event=f"{stage.value}: {closed} of {total} node(s) answered",
                 stage=stage,
-                done=len(closed),
-                expected=len(tasks),
+                done=closed,
+                expected=total,
             )
-            self.notifier.notify()
-        elif job.job_id in self._dp:
+            self.notifier.notify(job=job_id)
+            return
+        self._progress.pop(job_id, None)  # the next stage's first answer is shown at once
+        self._progress_owed.discard(job_id)
+        job = job or self.store.get_job(job_id)
+        if job.state.terminal:
+            return
+        if dp_job is not None:
             self._close_dp_stage(job, now)
         else:
-            self._finish_report(job, tasks, now)
-            self.notifier.notify()
+            self._finish_report(job, self._current_tasks(job, payload=True), now)
+            self.notifier.notify(job=job_id)
 
     def _close_dp_stage(self, job: JobRecord, now: datetime) -> None:
         dp_job = self._dp[job.job_id]
@@ -423,9 +465,16 @@ class JobService:
             event=f"succeeded after {done.round} round(s)"
             + (" (stopped early; unspent budget freed)" if done.ended_early else ""),
         )
-        if done.ended_early or done.state.out:
+        # A node that sent its masked input and then died is a survivor of the sum, but it never
+        # saw the last unmask: only an end notice frees what it still holds reserved.
+        finished = {
+            t.node_id
+            for t in self.store.tasks_for(job.job_id, round=done.round, stage=Stage.UNMASK, payload=False)
+            if t.state.value == "answered"
+        }
+        if done.ended_early or done.state.out or set(done.survivors) - finished:
             self._send_end(job, done.state.live, now)
-        self.notifier.notify()
+        self.notifier.notify(job=job.job_id)
         log.info("job succeeded job=%s rounds=%d", job.job_id, done.round)
 
     def _rejoinable(self, job: JobRecord, dp_job: DpJob, now: datetime) -> list[str]:
@@ -509,7 +558,8 @@ class JobService:
         log.info("job succeeded job=%s reports=%d vetoes=%d", job.job_id, len(reports), len(vetoes))
 
     def _drop_dp(self, job_id: str) -> DpJob | None:
-        self._stage_started.pop(job_id, None)
+        self._progress.pop(job_id, None)
+        self._progress_owed.discard(job_id)
         return self._dp.pop(job_id, None)
 
     def _charged_text(self, job_id: str) -> str:
@@ -543,7 +593,7 @@ class JobService:
         )
         if dp_job is not None:
             self._send_end(job, dp_job.state.live, now)
-        self.notifier.notify()
+        self.notifier.notify(job=job_id)
         log.warning("job failed job=%s", job_id)
 
     def _send_end(self, job: JobRecord, nodes: Sequence[str], now: datetime) -> None:
@@ -552,10 +602,14 @@ class JobService:
         Without this a node would hold the reserved budget until the reservation expires.
         """
         vetoed = {v.node_id for v in self.store.vetoes_for(job.job_id)}
-        joined = sorted(
-            {t.node_id for t in self.store.tasks_for(job.job_id) if t.stage is Stage.ADVERTISE_KEYS}
-        )
-        targets = sorted((set(joined) | set(nodes)) - vetoed)
+        advertised = [
+            t for t in self.store.tasks_for(job.job_id, payload=False) if t.stage is Stage.ADVERTISE_KEYS
+        ]
+        joined = {t.node_id for t in advertised}
+        # A node that answered advertise-keys reserved the job's budget; if it vetoed later (e.g.
+        # it restarted and lost the round's keys) it still holds that reservation: tell it too.
+        reserved = {t.node_id for t in advertised if t.state.value == "answered"}
+        targets = sorted(((joined | set(nodes)) - vetoed) | reserved)
         if targets:
             self.store.add_tasks(
                 job.job_id,
@@ -567,35 +621,59 @@ class JobService:
                 deadline=now + self.stage_timeout,
                 stage_input=END_CODEC.encode(),
             )
-            self.notifier.notify(targets)
+            self.notifier.notify(targets, job=job.job_id)
 
     # -- time and recovery ----------------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self, *, gone: Collection[str] = ()) -> None:
         """Act on passed deadlines and silent nodes; called periodically by the server.
 
         A report round fails naming the silent nodes. A secure-aggregation stage closes with the
-        nodes that answered (the others dropped) as soon as every node it waits for is silent
-        or late, and fails only if fewer than the quorum remain.
+        nodes that answered (the others dropped) as soon as every node it waits for is silent,
+        ``gone`` (its connection closed and it did not come back) or late, and fails only if
+        fewer than the quorum remain.
         """
         now = self.clock()
-        with self._lock:
-            silent_before = now - self.node_silence
-            seen = {n.node_id: n.last_seen for n in self.store.list_nodes()}
-            for job in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
+        silent_before = now - self.node_silence
+        seen: dict[str, datetime] | None = None  # read once, and only if a stage is waiting
+        for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
+            dp_job = self._dp.get(listed.job_id)
+            if dp_job is not None and listed.job_id not in self._progress_owed:
+                # The common case, without reading the store: nothing of this stage can be late.
+                seen = self.store.last_seen() if seen is None else seen
+                if not _may_be_late(
+                    dp_job, listed, now=now, silent_before=silent_before, gone=gone, seen=seen
+                ):
+                    continue
+            with self._locks.hold(listed.job_id):
+                job = self.store.get_job(listed.job_id)
+                if job.state.terminal:
+                    continue  # ended while the tick waited for its lock
                 if job.spec.deadline is not None and job.spec.deadline <= now:
                     self._fail(job.job_id, "the job's deadline passed before it finished", now)
                     continue
+                if job.job_id in self._progress_owed:
+                    self._progress.pop(job.job_id, None)
+                    self._advance(job.job_id)
+                    continue  # lateness is looked at by the next tick
                 tasks = self._current_tasks(job)
                 waiting = [t for t in tasks if t.state.open]
                 late = [t for t in waiting if t.deadline is not None and t.deadline <= now]
-                if job.job_id in self._dp:
-                    late += [t for t in waiting if t not in late and seen.get(t.node_id, now) < silent_before]
+                if job.job_id in self._dp and waiting:
+                    seen = self.store.last_seen() if seen is None else seen
+                    overdue = {t.task_id for t in late}
+                    late += [
+                        t
+                        for t in waiting
+                        if t.task_id not in overdue
+                        and (t.node_id in gone or seen.get(t.node_id, now) < silent_before)
+                    ]
                 if not late:
                     continue
                 names = ", ".join(sorted(t.node_id for t in late))
                 if job.job_id in self._dp:
                     self.store.expire_tasks([t.task_id for t in late])
+                    self._dp[job.job_id].waiting -= {t.node_id for t in late}
                     self.store.update_job(
                         job.job_id, now=now, event=f"{late[0].stage.value}: {names} dropped"
                     )
@@ -616,8 +694,8 @@ class JobService:
         destroys an epoch's secrets when the next epoch of the job begins.
         """
         now = self.clock()
-        with self._lock:
-            for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
+        for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
+            with self._locks.hold(job.job_id):
                 info = get_analysis(job.spec.analysis)
                 try:
                     if info.differentially_private:
@@ -664,6 +742,50 @@ class JobService:
 
     def nodes(self) -> list[NodeRecord]:
         return self.store.list_nodes()
+
+
+def _may_be_late(
+    dp_job: DpJob,
+    job: JobRecord,
+    *,
+    now: datetime,
+    silent_before: datetime,
+    gone: Collection[str],
+    seen: dict[str, datetime],
+) -> bool:
+    if job.spec.deadline is not None and job.spec.deadline <= now:
+        return True
+    if dp_job.stage_deadline is not None and dp_job.stage_deadline <= now:
+        return True
+    return any(n in gone or seen.get(n, now) < silent_before for n in dp_job.waiting)
+
+
+class JobLocks:
+    """One re-entrant lock per job, made on first use and dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.RLock, int]] = {}
+
+    @contextmanager
+    def hold(self, job_id: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(job_id) or (threading.RLock(), 0)
+            self._locks[job_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[job_id]
+                if users <= 1:
+                    del self._locks[job_id]
+                else:
+                    self._locks[job_id] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
 
 
 def _drops(tolerated: int) -> str:

@@ -15,7 +15,7 @@ from tessera.core.types import PeerIdentity
 _PEM_KEY = "x509_pem_cert"
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=16384)  # every peer of a large consortium, not 1024 of them
 def identity_from_pem(pem: bytes) -> PeerIdentity:
     """Parse a PEM certificate into a :class:`PeerIdentity`; cached because every call repeats it.
 

@@ -9,7 +9,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -85,6 +97,42 @@ def open_store(url: str) -> SqlStore:
     return SqlStore(engine)
 
 
+_TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
+# A task without its payload columns, for reads made once per node message.
+_HEAD = [c for c in _TASKS.c if c.name not in ("stage_input", "round_input", "answer_pb")]
+
+
+def _open_query(node_id: str) -> Select[Any]:
+    return (
+        select(_TASKS)
+        .where(_TASKS.c.node_id == node_id)
+        .where(_TASKS.c.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+        .order_by(_TASKS.c.created_at, _TASKS.c.task_id)
+    )
+
+
+def _task_row(row: Row[Any]) -> TaskRecord:
+    """A task from a Core row (payload columns absent from the row read as empty)."""
+    fields = row._mapping
+    return TaskRecord(
+        task_id=fields["task_id"],
+        job_id=fields["job_id"],
+        node_id=fields["node_id"],
+        round=fields["round"],
+        epoch=fields["epoch"] or 0,
+        stage=Stage(fields["stage"]),
+        state=TaskState(fields["state"]),
+        stage_input=fields.get("stage_input") or b"",
+        round_input=fields.get("round_input") or b"",
+        deadline=_utc(fields["deadline"]) if fields["deadline"] else None,
+        answer=fields.get("answer_pb"),
+    )
+
+
+# Columns a task's bookkeeping never needs (the stage input names every participant's certificate).
+_NO_PAYLOAD = (defer(TaskRow.stage_input), defer(TaskRow.round_input), defer(TaskRow.answer_pb))
+
+
 class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -92,6 +140,17 @@ class SqlStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def _core(self) -> Iterator[Connection]:
+        """A Core transaction: for the calls made once per node message (no ORM overhead)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError:
+            raise Unavailable("the coordinator database is unavailable") from None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the coordinator store failed ({type(exc).__name__})") from None
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -164,6 +223,25 @@ class SqlStore:
                 .order_by(EgressAnchorRow.seq)
             )
             return [(r.seq, r.hash, _utc(r.received_at)) for r in rows]
+
+    def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
+        """Record many heartbeats in one transaction; never moves a node's last-seen backwards."""
+        if not seen:
+            return
+        statement = (
+            update(NodeRow)
+            .where(NodeRow.node_id == bindparam("b_node"))
+            .where(NodeRow.last_seen < bindparam("b_seen"))
+            .values(last_seen=bindparam("b_seen"))
+            .execution_options(synchronize_session=False)
+        )
+        with self._tx() as s:
+            s.connection().execute(statement, [{"b_node": n, "b_seen": at} for n, at in seen.items()])
+
+    def last_seen(self) -> dict[str, datetime]:
+        """When each node was last heard from (without parsing its policy and datasets)."""
+        with self._tx() as s:
+            return {node: _utc(at) for node, at in s.execute(select(NodeRow.node_id, NodeRow.last_seen))}
 
     def get_node(self, node_id: str) -> NodeRecord:
         with self._tx() as s:
@@ -457,14 +535,25 @@ class SqlStore:
 
     def open_tasks(self, node_id: str) -> list[TaskRecord]:
         """Tasks this node has not answered yet, oldest first (re-sent after every reconnect)."""
-        query = (
-            select(TaskRow)
-            .where(TaskRow.node_id == node_id)
-            .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
-            .order_by(TaskRow.created_at, TaskRow.task_id)
-        )
-        with self._tx() as s:
-            return [self._task(r) for r in s.scalars(query)]
+        with self._core() as conn:
+            return [_task_row(r) for r in conn.execute(_open_query(node_id))]
+
+    def deliver_open_tasks(self, node_id: str, *, skip: Iterable[str] = ()) -> list[TaskRecord]:
+        """``open_tasks`` without those in ``skip``, marked delivered, in one transaction."""
+        skipped = set(skip)
+        with self._core() as conn:
+            tasks = [
+                t for t in map(_task_row, conn.execute(_open_query(node_id))) if t.task_id not in skipped
+            ]
+            fresh = [t.task_id for t in tasks if t.state is TaskState.PENDING]
+            if fresh:
+                conn.execute(
+                    update(_TASKS)
+                    .where(_TASKS.c.task_id.in_(fresh))
+                    .where(_TASKS.c.state == TaskState.PENDING.value)
+                    .values(state=TaskState.DELIVERED.value)
+                )
+            return tasks
 
     def mark_delivered(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
@@ -477,12 +566,14 @@ class SqlStore:
                 .values(state=TaskState.DELIVERED.value)
             )
 
-    def get_task(self, task_id: str) -> TaskRecord:
-        with self._tx() as s:
-            row = s.get(TaskRow, task_id)
-            if row is None:
-                raise NotFound("no such task")
-            return self._task(row)
+    def get_task(self, task_id: str, *, payload: bool = True) -> TaskRecord:
+        """One task; ``payload=False`` leaves out its input and answer (empty in the record)."""
+        columns = _TASKS.c if payload else _HEAD
+        with self._core() as conn:
+            row = conn.execute(select(*columns).where(_TASKS.c.task_id == task_id)).first()
+        if row is None:
+            raise NotFound("no such task")
+        return _task_row(row)
 
     def answer_task(self, task_id: str, *, answer: bytes | None, veto: Veto | None = None) -> bool:
         """Store a node's answer or veto once; False when the task was already closed (a replay).
@@ -499,16 +590,16 @@ class SqlStore:
             }
         else:
             values = {"state": TaskState.ANSWERED.value, "answer_pb": answer}
-        with self._tx() as s:
-            result = s.execute(
-                update(TaskRow)
-                .where(TaskRow.task_id == task_id)
-                .where(TaskRow.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
+        with self._core() as conn:
+            result = conn.execute(
+                update(_TASKS)
+                .where(_TASKS.c.task_id == task_id)
+                .where(_TASKS.c.state.in_([TaskState.PENDING.value, TaskState.DELIVERED.value]))
                 .values(**values)
             )
-            if result.rowcount:  # type: ignore[attr-defined]
+            if result.rowcount:
                 return True
-            if s.get(TaskRow, task_id) is None:
+            if conn.execute(select(_TASKS.c.task_id).where(_TASKS.c.task_id == task_id)).first() is None:
                 raise NotFound("no such task")
             return False
 
@@ -554,12 +645,48 @@ class SqlStore:
                 .values(deadline=deadline)
             )
 
-    def tasks_for(self, job_id: str, *, round: int | None = None) -> list[TaskRecord]:
+    def tasks_for(
+        self,
+        job_id: str,
+        *,
+        round: int | None = None,
+        stage: Stage | None = None,
+        epoch: int | None = None,
+        payload: bool = True,
+    ) -> list[TaskRecord]:
+        """A job's tasks, optionally of one round, stage and epoch; ``payload=False`` leaves out
+        inputs and answers (a stage of a thousand nodes carries megabytes of them)."""
         query = select(TaskRow).where(TaskRow.job_id == job_id).order_by(TaskRow.node_id)
         if round is not None:
             query = query.where(TaskRow.round == round)
+        if stage is not None:
+            query = query.where(TaskRow.stage == stage.value)
+        if epoch is not None:
+            query = query.where(TaskRow.epoch == epoch)
+        if not payload:
+            query = query.options(*_NO_PAYLOAD)
         with self._tx() as s:
-            return [self._task(r) for r in s.scalars(query)]
+            return [self._task(r, payload=payload) for r in s.scalars(query)]
+
+    def stage_counts(
+        self, job_id: str, *, round: int, stage: Stage | None = None, epoch: int | None = None
+    ) -> tuple[int, int]:
+        """(closed, total) tasks of a job's round (and stage, epoch): one aggregate query."""
+        query = (
+            select(_TASKS.c.state, func.count())
+            .where(_TASKS.c.job_id == job_id)
+            .where(_TASKS.c.round == round)
+            .group_by(_TASKS.c.state)
+        )
+        if stage is not None:
+            query = query.where(_TASKS.c.stage == stage.value)
+        if epoch is not None:
+            query = query.where(_TASKS.c.epoch == epoch)
+        with self._core() as conn:
+            counts = {state: int(n) for state, n in conn.execute(query)}
+        total = sum(counts.values())
+        still_open = counts.get(TaskState.PENDING.value, 0) + counts.get(TaskState.DELIVERED.value, 0)
+        return total - still_open, total
 
     def vetoes_for(self, job_id: str) -> list[Veto]:
         query = (
@@ -577,7 +704,21 @@ class SqlStore:
             ]
 
     @staticmethod
-    def _task(row: TaskRow) -> TaskRecord:
+    def _task(row: TaskRow, *, payload: bool = True) -> TaskRecord:
+        if not payload:
+            return TaskRecord(
+                task_id=row.task_id,
+                job_id=row.job_id,
+                node_id=row.node_id,
+                round=row.round,
+                epoch=row.epoch or 0,
+                stage=Stage(row.stage),
+                state=TaskState(row.state),
+                stage_input=b"",
+                round_input=b"",
+                deadline=_utc(row.deadline) if row.deadline else None,
+                answer=None,
+            )
         return TaskRecord(
             task_id=row.task_id,
             job_id=row.job_id,
