@@ -97,6 +97,7 @@ class Coordinator:
             # Ten missed heartbeats (at least five seconds) and a node a stage waits for has dropped:
             # long enough that a loaded machine's late heartbeats do not drop a working node.
             node_silence=timedelta(milliseconds=max(10 * config.heartbeat_interval_ms, 5000)),
+            connected=self._connected,
         )
         self.presence = Presence(store)
         self.limits = PeerLimits(config.limits)
@@ -185,6 +186,9 @@ class Coordinator:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return 0
+
+    def _connected(self, node_id: str) -> bool:
+        return self.presence.connected(node_id)
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.config.tick_seconds):

@@ -235,11 +235,9 @@ class DpJob:
             analysis_spec(self.spec), round_no=round_no, public=self.state.public, released=released
         )
         # A survivor that did not hand over its next self-mask shares cannot mask the next round;
-        # after the last planned round nobody hands any over, and the survivors stay in.
+        # after the last planned round nobody hands any over: whoever was summed stays in.
         asked_next = round_no < self.max_rounds
-        live = tuple(
-            sorted(outcome.continuing if asked_next else set(self.state.live) - set(outcome.dropped))
-        )
+        live = tuple(sorted(outcome.continuing if asked_next else outcome.survivors))
         out = tuple(sorted(set(self.state.out) | (set(self.state.live) - set(live))))
         if step.done:
             self.state = replace(self.state, live=live, out=out)

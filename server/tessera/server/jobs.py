@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +56,7 @@ class JobService:
         stage_timeout: timedelta = timedelta(minutes=2),
         job_timeout: timedelta = timedelta(minutes=30),
         node_silence: timedelta = timedelta(seconds=10),
+        connected: Callable[[str], bool] = lambda node_id: True,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -65,6 +66,9 @@ class JobService:
         # A node silent (no heartbeat, no stream) this long while a stage waits for it has dropped:
         # the stage closes without it instead of waiting out its whole deadline.
         self.node_silence = node_silence
+        # Whether a node has a task stream open now (the server's presence); a node that dropped
+        # rejoins a job only once it is connected again.
+        self.connected = connected
         # One coordinator process owns job transitions; a lock per job keeps concurrent answers
         # from racing to finish the same stage, while answers of different jobs go side by side.
         self._locks = JobLocks()
@@ -478,7 +482,7 @@ class JobService:
         log.info("job succeeded job=%s rounds=%d", job.job_id, done.round)
 
     def _rejoinable(self, job: JobRecord, dp_job: DpJob, now: datetime) -> list[str]:
-        """Nodes out of the job that did not veto it and are heartbeating again."""
+        """Nodes out of the job that did not veto it and are connected and heartbeating again."""
         if not dp_job.state.out:
             return []
         vetoed = {v.node_id for v in self.store.vetoes_for(job.job_id)}
@@ -487,7 +491,7 @@ class JobService:
         return sorted(
             n
             for n in dp_job.state.out
-            if n not in vetoed and n in dp_job.nodes and seen.get(n, now) >= recent
+            if n not in vetoed and n in dp_job.nodes and seen.get(n, now) >= recent and self.connected(n)
         )
 
     def _job_trailer(self, job: JobRecord, dp_job: DpJob, done: RoundDone) -> dict[str, Any]:

@@ -67,6 +67,11 @@ class Presence:
                 self._streams.pop(node_id, None)
                 self._closed[node_id] = now
 
+    def connected(self, node_id: str) -> bool:
+        """Whether the node has a task stream open now."""
+        with self._lock:
+            return node_id in self._streams
+
     def disconnected(self, before: datetime) -> frozenset[str]:
         """Nodes whose last task stream closed before ``before`` and that opened none since."""
         with self._lock:
