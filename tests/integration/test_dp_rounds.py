@@ -90,13 +90,16 @@ def test_a_node_dropping_at_any_stage_still_gives_the_right_sum(fed: Federation,
     assert (_spent(fed, "stranger") > 0) == (stage == "unmask")
 
 
-def test_a_node_that_died_after_its_masked_input_is_told_the_job_ended(fed: Federation) -> None:
-    # It counts in the sum and was charged, but never saw the last unmask: without an end notice
-    # its reservation would stay held until it expires.
-    _start(fed, tuple(NODES), drop={"stranger": "unmask"})
+@pytest.mark.parametrize("stage", ["share_keys", "unmask"])
+def test_a_node_that_died_mid_job_is_told_the_job_ended(fed: Federation, stage: str) -> None:
+    # It reserved the job's budget at advertise-keys and never saw the job's last unmask, whether
+    # it died before its masked input (not even listed as dropped from the sum) or after it
+    # (counted and charged): without an end notice its reservation would stay held until it
+    # expires.
+    _start(fed, tuple(NODES), drop={"stranger": stage})
     doc = _run(fed, _count(max_dropouts=1))
     assert doc["status"] == "succeeded", doc
-    assert "stranger" in doc["result"]["survivors"]
+    assert ("stranger" in doc["result"]["survivors"]) == (stage == "unmask")
     fed.stop_node("stranger")
     fed.start_node("stranger", policy=open_policy(NODES["stranger"], "stranger", fed.work))  # same ledgers
 
@@ -104,7 +107,7 @@ def test_a_node_that_died_after_its_masked_input_is_told_the_job_ended(fed: Fede
         return all(r.state.value != "reserved" for r in fed.ledgers("stranger").budget.history())
 
     wait_for(released)
-    assert _spent(fed, "stranger") > 0  # what its masked input cost stays spent
+    assert (_spent(fed, "stranger") > 0) == (stage == "unmask")  # what its masked input cost stays spent
 
 
 def test_too_many_dropouts_fail_cleanly_and_charge_nobody_who_sent_nothing(fed: Federation) -> None:

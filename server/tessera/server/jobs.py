@@ -469,14 +469,15 @@ class JobService:
             event=f"succeeded after {done.round} round(s)"
             + (" (stopped early; unspent budget freed)" if done.ended_early else ""),
         )
-        # A node that sent its masked input and then died is a survivor of the sum, but it never
-        # saw the last unmask: only an end notice frees what it still holds reserved.
+        # A node that dropped at any stage of the last round (before its masked input, so it is
+        # not even listed as dropped from the sum, or after it, so it never saw the last unmask)
+        # still holds the job's budget reserved: only an end notice frees it.
         finished = {
             t.node_id
             for t in self.store.tasks_for(job.job_id, round=done.round, stage=Stage.UNMASK, payload=False)
             if t.state.value == "answered"
         }
-        if done.ended_early or done.state.out or set(done.survivors) - finished:
+        if done.ended_early or done.state.out or set(job.participants) - finished:
             self._send_end(job, done.state.live, now)
         self.notifier.notify(job=job.job_id)
         log.info("job succeeded job=%s rounds=%d", job.job_id, done.round)
@@ -605,15 +606,16 @@ class JobService:
 
         Without this a node would hold the reserved budget until the reservation expires.
         """
-        vetoed = {v.node_id for v in self.store.vetoes_for(job.job_id)}
-        advertised = [
-            t for t in self.store.tasks_for(job.job_id, payload=False) if t.stage is Stage.ADVERTISE_KEYS
-        ]
-        joined = {t.node_id for t in advertised}
-        # A node that answered advertise-keys reserved the job's budget; if it vetoed later (e.g.
-        # it restarted and lost the round's keys) it still holds that reservation: tell it too.
-        reserved = {t.node_id for t in advertised if t.state.value == "answered"}
-        targets = sorted(((joined | set(nodes)) - vetoed) | reserved)
+        # Every node asked to advertise keys is told, vetoes included: a node may have reserved
+        # the job's budget and then vetoed or been cut off (e.g. it restarted between reserving
+        # and answering, and its new process refused a task it holds no keys for). Its ledger
+        # knows whether it holds anything; the notice frees it or is acknowledged and ignored.
+        joined = {
+            t.node_id
+            for t in self.store.tasks_for(job.job_id, payload=False)
+            if t.stage is Stage.ADVERTISE_KEYS
+        }
+        targets = sorted(joined | set(nodes))
         if targets:
             self.store.add_tasks(
                 job.job_id,
