@@ -266,6 +266,9 @@ def demo(
     rows: Annotated[int, typer.Option(help="Synthetic customers per partner.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 7,
     timeout: Annotated[float, typer.Option(help="Seconds allowed for start-up and for each job.")] = 60.0,
+    cdnow: Annotated[
+        int, typer.Option(help="How many of CDNOW's 23,570 real customers to deal to the partners.")
+    ] = 23_570,
 ) -> None:
     """Run a whole federation on this machine and write OUT/results.json."""
     if nodes < 3:
@@ -290,9 +293,14 @@ def demo(
     console.print(f"  dev PKI: consortium CA, coordinator, {nodes} node and 2 analyst certificates")
 
     templates = policies_dir()
-    cdnow = cdnow_purchases(templates.parent)
-    if cdnow is None:
-        console.print("  [yellow]CDNOW purchases not found: the lifetime-value job is skipped[/]")
+    if cdnow < 0:
+        raise ConfigError("--cdnow must be 0 or more")
+    purchases = cdnow_purchases(templates.parent) if cdnow else None
+    if purchases is not None:
+        keep = set(sorted({r[0] for r in purchases})[:cdnow])
+        purchases = [r for r in purchases if r[0] in keep]
+    if purchases is None:
+        console.print("  [yellow]no CDNOW purchases (not found, or --cdnow 0): their jobs are skipped[/]")
     partners: dict[str, tuple[Policy, dict[str, Path]]] = {}  # demo only: to show the true values
     written = 0
     for index, name in enumerate(names):
@@ -309,7 +317,7 @@ def demo(
         has_transactions = "transactions" in {d.name for d in policy.datasets}
         # Real purchases too: CDNOW's 23,570 customers dealt round-robin to the partners, as
         # extra customers after the synthetic ones (their 1997 purchases feed clv_fit).
-        mine = [r for r in cdnow or () if r[0] % nodes == index] if has_transactions else []
+        mine = [r for r in purchases or () if r[0] % nodes == index] if has_transactions else []
         extra = len({r[0] for r in mine})
         write_customers(policy, "customers", raw["customers"], rows=rows + extra, seed=seed + index)
         if has_transactions:
@@ -383,7 +391,7 @@ def demo(
         with AnalystClient.from_pki(address, pki, ANALYST) as client:
             _wait_enrolled(client, names, procs, timeout)
             console.print(f"  {nodes} nodes enrolled: {', '.join(names)}")
-            for spec in _job_specs(with_cdnow=cdnow is not None):
+            for spec in _job_specs(with_cdnow=purchases is not None):
                 try:
                     doc = _run_job(client, spec, timeout)
                 except TesseraError as exc:
