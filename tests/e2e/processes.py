@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -67,3 +68,18 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it is true; a coordinator that is restarting (Unavailable) is waited for."""
+    from tessera.core.errors import Unavailable
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Unavailable:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

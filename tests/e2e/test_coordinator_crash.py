@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
-from processes import stop, tessera, wait_file
+from processes import stop, tessera, wait_file, wait_until
 
 from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.demo_data import write_customers
 from tessera.client.vault.state import init_node_state
-from tessera.core.errors import Unavailable
 from tessera.core.policy import load_policy
 from tessera.core.types import JobSpec, JobState
 
 pytestmark = pytest.mark.slow
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-
-
-def _wait(predicate: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return
-        except Unavailable:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Path) -> None:
@@ -85,10 +71,12 @@ def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Pa
         nodes = {name: node(name, address) for name in ("bank", "telco", "retailer")}
         procs += list(nodes.values())
         with AnalystClient.from_pki(address, pki_dir, "analyst") as client:
-            _wait(lambda: {n.node_id for n in client.nodes() if n.online} >= {"bank", "telco", "retailer"})
+            wait_until(
+                lambda: {n.node_id for n in client.nodes() if n.online} >= {"bank", "telco", "retailer"}
+            )
             stop(nodes.pop("retailer"))  # enrolled, but away: the job will wait for it
             job_id = client.submit(JobSpec(analysis="inventory", purpose="research"))
-            _wait(lambda: client.job(job_id).status_detail.startswith("waiting for 1 "))
+            wait_until(lambda: client.job(job_id).status_detail.startswith("waiting for 1 "))
 
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
@@ -97,7 +85,7 @@ def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Pa
         wait_file(port_file, second)
         procs.append(node("retailer", address))
         with AnalystClient.from_pki(address, pki_dir, "analyst") as client:
-            _wait(lambda: client.job(job_id).state != 2)  # 2 = running
+            wait_until(lambda: client.job(job_id).state != 2)  # 2 = running
             doc = client.result_document(job_id)
             assert doc["status"] == JobState.SUCCEEDED.value, doc
             assert sorted(doc["result"]["nodes"]) == ["bank", "retailer", "telco"]

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from processes import stop, tessera, wait_file
+from processes import stop, tessera, wait_file, wait_until
 
 from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.demo_data import write_customers
@@ -19,7 +18,6 @@ from tessera.client.budget import BudgetLedger
 from tessera.client.db import node_engine
 from tessera.client.vault.state import init_node_state
 from tessera.core.analyses.program import rho_total
-from tessera.core.errors import Unavailable
 from tessera.core.policy import load_policy
 from tessera.core.types import JobSpec, JobState
 
@@ -27,18 +25,6 @@ pytestmark = pytest.mark.slow
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 NODES = {"bank": "bank", "telco": "telco", "retailer": "retailer", "stranger": "telco"}
 ROUNDS = 40
-
-
-def _wait(predicate: object, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return
-        except Unavailable:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _policy(tmp_path: Path, name: str) -> Path:
@@ -92,19 +78,19 @@ def test_a_job_of_many_rounds_survives_a_coordinator_and_a_node_sigkill(
         nodes = {name: node(name, address) for name in NODES}
         procs += list(nodes.values())
         with AnalystClient.from_pki(address, pki_dir, "analyst") as client:
-            _wait(lambda: {n.node_id for n in client.nodes() if n.online} >= set(NODES))
+            wait_until(lambda: {n.node_id for n in client.nodes() if n.online} >= set(NODES), 90)
             job_id = client.submit(spec)
-            _wait(lambda: client.job(job_id).round >= 5)
+            wait_until(lambda: client.job(job_id).round >= 5, 90)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         second = coordinator(address)
         procs.append(second)
         wait_file(port_file, second)
         with AnalystClient.from_pki(address, pki_dir, "analyst") as client:
-            _wait(lambda: client.job(job_id).round >= 15)
+            wait_until(lambda: client.job(job_id).round >= 15, 90)
             nodes["stranger"].send_signal(signal.SIGKILL)
             nodes["stranger"].wait(timeout=10)
-            _wait(lambda: client.job(job_id).state != 2, 180)  # 2 = running
+            wait_until(lambda: client.job(job_id).state != 2, 180)  # 2 = running
             doc = client.result_document(job_id)
             messages = [e.message for e in client.watch(job_id, timeout_s=10)]
         assert doc["status"] == JobState.SUCCEEDED.value, doc

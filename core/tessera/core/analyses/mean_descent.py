@@ -27,6 +27,7 @@ import numpy as np
 from tessera.core.analyses import contribution as c
 from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
+from tessera.core.analyses import sums
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.analyses.program import MAX_ROUNDS, Public, Step, rho_total
@@ -55,7 +56,7 @@ PARAMS = (
     ),
     _docs.PER_CUSTOMER,
 )
-VALUE_BITS = 24
+VALUE_BITS = sums.VALUE_BITS
 _PARAMS = frozenset(
     {
         "field",
@@ -137,29 +138,8 @@ def plan(
     rho = rho_total(spec) / rounds
     width = upper - lower  # |θ - clip(x)| <= width because θ stays inside [lower, upper]
     scale = fixed_point_scale(clip_bound=width, value_bits=VALUE_BITS)
-    top = 2 ** (VALUE_BITS - 1) - 1
-    k, t = bound.groups_cap, survivors_t
-    count = v.make_part(
-        "count",
-        start=0,
-        stop=size,
-        scale=1.0,
-        linf_bound=1,
-        l1=k,
-        l2=math.sqrt(k),
-        rho=rho / 2,
-        survivors_t=t,
-    )
-    grad = v.make_part(
-        "grad",
-        start=size,
-        stop=2 * size,
-        scale=scale,
-        linf_bound=top,
-        l1=k * top,
-        l2=math.sqrt(k) * top,
-        rho=rho / 2,
-        survivors_t=t,
+    count, grad = sums.moment_parts(
+        size=size, groups_cap=bound.groups_cap, scale=scale, rho=rho, survivors_t=survivors_t, value="grad"
     )
     return v.VectorPlan(
         analysis=INFO.name,

@@ -58,6 +58,39 @@ PARAMS = (*_docs.BOUNDS, _docs.PER_CUSTOMER, _docs.MAX_GROUPS, *_docs.GROUPS)
 VALUE_BITS = 24
 
 
+def moment_parts(
+    *, size: int, groups_cap: int, scale: float, rho: float, survivors_t: int, value: str = "sum"
+) -> tuple[v.VectorPart, v.VectorPart]:
+    """A count part ``[0, size)`` and a value part ``[size, 2·size)``, ρ/2 each, for a customer that
+    adds at most 1 and one value of at most ``2^(VALUE_BITS-1) - 1`` units to each of at most
+    ``groups_cap`` groups: L∞ 1 and top, L1 k and k·top, L2 √k and √k·top."""
+    top = 2 ** (VALUE_BITS - 1) - 1  # fixed_point_scale guarantees ceil(bound·scale) <= top
+    k, t = groups_cap, survivors_t
+    count = v.make_part(
+        "count",
+        start=0,
+        stop=size,
+        scale=1.0,
+        linf_bound=1,
+        l1=k,
+        l2=math.sqrt(k),
+        rho=rho / 2,
+        survivors_t=t,
+    )
+    total = v.make_part(
+        value,
+        start=size,
+        stop=2 * size,
+        scale=scale,
+        linf_bound=top,
+        l1=k * top,
+        l2=math.sqrt(k) * top,
+        rho=rho / 2,
+        survivors_t=t,
+    )
+    return count, total
+
+
 def plan_moments(
     spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int, analysis: str
 ) -> v.VectorPlan:
@@ -72,30 +105,8 @@ def plan_moments(
     bound = p.contribution(spec, fields, groups=size, values=True, rows_allowed=False)
     half = (upper - lower) / 2
     scale = fixed_point_scale(clip_bound=half, value_bits=VALUE_BITS)
-    top = 2 ** (VALUE_BITS - 1) - 1  # fixed_point_scale guarantees ceil(half·scale) <= top
-    k = bound.groups_cap
-    t = survivors_t
-    count = v.make_part(
-        "count",
-        start=0,
-        stop=size,
-        scale=1.0,
-        linf_bound=1,
-        l1=k,
-        l2=math.sqrt(k),
-        rho=rho / 2,
-        survivors_t=t,
-    )
-    total = v.make_part(
-        "sum",
-        start=size,
-        stop=2 * size,
-        scale=scale,
-        linf_bound=top,
-        l1=k * top,
-        l2=math.sqrt(k) * top,
-        rho=rho / 2,
-        survivors_t=t,
+    count, total = moment_parts(
+        size=size, groups_cap=bound.groups_cap, scale=scale, rho=rho, survivors_t=survivors_t
     )
     name = None if field is None else field.name
     return v.VectorPlan(

@@ -55,6 +55,18 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Database failures as the store's errors."""
+    try:
+        yield
+    except OperationalError:
+        raise Unavailable("the coordinator database is unavailable") from None
+    except SQLAlchemyError as exc:
+        # The driver's text may quote SQL parameters: keep only the error's type.
+        raise StoreError(f"the coordinator store failed ({type(exc).__name__})") from None
+
+
 @functools.lru_cache(maxsize=256)
 def _spec(spec_pb: bytes) -> JobSpec:
     """A job's spec from its stored bytes. Specs never change and are read on every answer (a spec
@@ -144,24 +156,13 @@ class SqlStore:
     @contextmanager
     def _core(self) -> Iterator[Connection]:
         """A Core transaction: for the calls made once per node message (no ORM overhead)."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError:
-            raise Unavailable("the coordinator database is unavailable") from None
-        except SQLAlchemyError as exc:
-            raise StoreError(f"the coordinator store failed ({type(exc).__name__})") from None
+        with _store_errors(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError:
-            raise Unavailable("the coordinator database is unavailable") from None
-        except SQLAlchemyError as exc:
-            # The driver's text may quote SQL parameters: keep only the error's type.
-            raise StoreError(f"the coordinator store failed ({type(exc).__name__})") from None
+        with _store_errors(), self._sessions.begin() as session:
+            yield session
 
     # -- nodes ---------------------------------------------------------------------------------
 
