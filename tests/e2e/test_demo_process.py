@@ -22,7 +22,7 @@ DEMO = [sys.executable, "-m", "tessera.cli.main", "demo"]
 def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run(
-        [*DEMO, "--nodes", "3", "--out", str(out), "--rows", "60", "--cdnow", "5000"],
+        [*DEMO, "--nodes", "3", "--out", str(out), "--rows", "60"],
         capture_output=True,
         text=True,
         timeout=120,
