@@ -96,11 +96,13 @@ def _engine(state_dir: Path, db_url: str | None) -> sa.Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         # Deleted rows (erasure, purge) are overwritten with zeros rather than left in free pages.
         dbapi_connection.execute("PRAGMA secure_delete=ON")
-        # WAL + NORMAL: one fsync per checkpoint, not per commit (a crash loses at most the last
-        # batches, which a resumed ingest redoes). 64 MiB of page cache keeps the unique indexes of
-        # a few million rows in memory instead of re-reading them from disk for every batch.
+        # WAL + FULL: every commit is on disk when it returns. The budget and egress ledgers live
+        # here, and a round's charge commits before its masked input leaves: with NORMAL a power
+        # cut could lose a charge whose payload was already sent. An ingest pays one fsync per
+        # batch. 64 MiB of page cache keeps the unique indexes of a few million rows in memory
+        # instead of re-reading them from disk for every batch.
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        dbapi_connection.execute("PRAGMA synchronous=FULL")
         dbapi_connection.execute("PRAGMA cache_size=-65536")
 
     return engine

@@ -59,6 +59,18 @@ def test_open_needs_init_and_init_refuses_twice(tmp_path: Path, policy: Policy) 
         open_node_state(tmp_path / "s", policy)
 
 
+def test_ledger_commits_reach_the_disk_before_they_return(tmp_path: Path, policy: Policy) -> None:
+    """The budget and egress ledgers share the vault's SQLite file: a round's charge must survive a
+    power cut once its masked input has left, so every commit is synced (WAL + FULL, not NORMAL)."""
+    state = init_node_state(tmp_path / "s", policy)
+    try:
+        with state.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        state.close()
+
+
 def test_key_from_environment(tmp_path: Path, policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TESSERA_VAULT_KEK", base64.b64encode(bytes(32)).decode())
     init_node_state(tmp_path / "s", policy).close()
