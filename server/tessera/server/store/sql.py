@@ -19,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     update,
 )
@@ -46,6 +47,7 @@ from tessera.server.store.records import (
     RoundRecord,
     TaskRecord,
     TaskState,
+    task_id_of,
 )
 from tessera.v1 import common_pb2, node_pb2
 
@@ -515,7 +517,7 @@ class SqlStore:
         """One task per node; ``stage_inputs`` gives a node its own input (else ``stage_input``)."""
         rows = [
             TaskRow(
-                task_id=f"{job_id}{f'-e{epoch}' if epoch else ''}-r{round}-{stage.value}-{node_id}",
+                task_id=task_id_of(job_id, epoch, round, stage, node_id),
                 job_id=job_id,
                 node_id=node_id,
                 round=round,
@@ -533,6 +535,36 @@ class SqlStore:
             s.add_all(rows)
             s.flush()
             return [self._task(r) for r in rows]
+
+    def record_tasks(
+        self, tasks: Sequence[TaskRecord], *, created_at: datetime, veto: Veto | None = None
+    ) -> None:
+        """Write tasks that were held in memory (a DP stage's, see ``OpenStage``) in one statement,
+        with their states, without their inputs; ``veto`` goes with a single vetoed task."""
+        if not tasks:
+            return
+        rows = [
+            {
+                "task_id": t.task_id,
+                "job_id": t.job_id,
+                "node_id": t.node_id,
+                "round": t.round,
+                "epoch": t.epoch,
+                "stage": t.stage.value,
+                "state": t.state.value,
+                "stage_input": b"",
+                "round_input": b"",
+                "deadline": t.deadline,
+                "created_at": created_at,
+                "answer_pb": b"" if t.state is TaskState.ANSWERED else None,
+                "veto_code": veto.code if veto is not None else "",
+                "veto_reason": veto.reason if veto is not None else "",
+                "veto_policy_hash": veto.policy_hash if veto is not None else "",
+            }
+            for t in tasks
+        ]
+        with self._core() as conn:
+            conn.execute(insert(_TASKS), rows)
 
     def open_tasks(self, node_id: str) -> list[TaskRecord]:
         """Tasks this node has not answered yet, oldest first (re-sent after every reconnect)."""
