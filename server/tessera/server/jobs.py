@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tessera.core import serde
@@ -76,6 +77,7 @@ class JobService:
         self._dp: dict[str, DpJob] = {}
         self._progress: dict[str, float] = {}  # job -> when its last progress event was written
         self._progress_owed: set[str] = set()  # jobs whose latest progress is not written yet
+        self._up_since = clock()  # when this process started (``recover`` moves it)
         self._store_versions: dict[str, int] = {}  # node -> moves when store tasks are added
         self._versions_lock = threading.Lock()
 
@@ -255,19 +257,22 @@ class JobService:
             inputs=tasks.inputs,
             round_input=tasks.round_input,
         )
-        job = self.store.update_job(
+        status = (
+            f"round {tasks.round} of {dp_job.max_rounds}: waiting for {len(nodes)} of "
+            f"{len(nodes)} node(s) ({tasks.stage.value})"
+        )
+        self.store.note_progress(
             job.job_id,
             now=now,
             round=tasks.round,
-            status_detail=f"round {tasks.round} of {dp_job.max_rounds}: waiting for {len(nodes)} of "
-            f"{len(nodes)} node(s) ({tasks.stage.value})",
+            status_detail=status,
             event=f"round {tasks.round} of {dp_job.max_rounds}, {tasks.stage.value}: "
             f"asked {len(nodes)} node(s)",
             stage=tasks.stage,
             expected=len(nodes),
         )
         self.notifier.notify(nodes, job=job.job_id)
-        return job
+        return replace(job, round=tasks.round, status_detail=status, updated_at=now)
 
     # -- node side ------------------------------------------------------------------------------
 
@@ -415,9 +420,10 @@ class JobService:
                 return
             self._progress[job_id] = time.monotonic()
             self._progress_owed.discard(job_id)
-            self.store.update_job(
+            self.store.note_progress(
                 job_id,
                 now=now,
+                round=round_no,
                 status_detail=f"waiting for {total - closed} of {total} node(s) ({stage.value}"
                 + (f", round {round_no})" if dp_job is not None else ")"),
                 event=f"{stage.value}: {closed} of {total} node(s) answered",
@@ -470,9 +476,10 @@ class JobService:
             driver_state=done.state.to_json(),
         )
         shown = ", ".join(f"{k} {v:.6g}" for k, v in metric.items())
-        self.store.update_job(
+        self.store.note_progress(
             job.job_id,
             now=now,
+            round=done.round,
             event=f"round {done.round} of {dp_job.max_rounds} released: noisy sum of "
             f"{len(done.survivors)} node(s)"
             + (f", {len(done.dropped)} dropped" if done.dropped else "")
@@ -684,6 +691,10 @@ class JobService:
         """
         now = self.clock()
         silent_before = now - self.node_silence
+        if self._up_since > silent_before:
+            # Heartbeats stopped while this process was not running, through no fault of the
+            # nodes: each gets a whole silence window from the start to come back.
+            silent_before = datetime.min.replace(tzinfo=UTC)
         seen: dict[str, datetime] | None = None  # read once, and only if a stage is waiting
         for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
             dp_job = self._dp.get(listed.job_id)
@@ -743,6 +754,7 @@ class JobService:
         destroys an epoch's secrets when the next epoch of the job begins.
         """
         now = self.clock()
+        self._up_since = now
         for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
             with self._locks.hold(job.job_id):
                 info = get_analysis(job.spec.analysis)

@@ -471,6 +471,50 @@ class SqlStore:
             s.flush()
             return self._job(row)
 
+    def note_progress(
+        self,
+        job_id: str,
+        *,
+        now: datetime,
+        event: str,
+        status_detail: str | None = None,
+        round: int | None = None,
+        stage: Stage | None = None,
+        done: int = 0,
+        expected: int = 0,
+    ) -> None:
+        """``update_job`` for a running job's progress only (status, round, one event): two Core
+        statements in one transaction, made several times per round. Ended jobs stay ended."""
+        jobs: Table = JobRow.__table__  # type: ignore[assignment]
+        events: Table = EventRow.__table__  # type: ignore[assignment]
+        values: dict[str, Any] = {"updated_at": now}
+        if status_detail is not None:
+            values["status_detail"] = status_detail
+        if round is not None:
+            values["round"] = round
+        running = JobState.RUNNING.value
+        with self._core() as conn:
+            changed = conn.execute(
+                update(jobs).where(jobs.c.job_id == job_id).where(jobs.c.state == running).values(**values)
+            )
+            if not changed.rowcount:
+                raise Conflict(f"job {job_id} is not running")
+            row_round = round
+            if row_round is None:
+                row_round = conn.execute(select(jobs.c.round).where(jobs.c.job_id == job_id)).scalar_one()
+            conn.execute(
+                insert(events).values(
+                    job_id=job_id,
+                    at=now,
+                    state=running,
+                    message=event,
+                    round=row_round,
+                    stage=stage.value if stage else "",
+                    done=done,
+                    expected=expected,
+                )
+            )
+
     @staticmethod
     def _job_row(s: Session, job_id: str, *, lock: bool = False) -> JobRow:
         query = select(JobRow).where(JobRow.job_id == job_id)
