@@ -813,10 +813,12 @@ class SqlStore:
     # -- events and audit ----------------------------------------------------------------------
 
     def events_after(self, job_id: str, seq: int) -> list[EventRecord]:
+        # Core, not ORM: every watcher of a job reads this after each of its events.
+        events: Table = EventRow.__table__  # type: ignore[assignment]
         query = (
-            select(EventRow).where(EventRow.job_id == job_id).where(EventRow.seq > seq).order_by(EventRow.seq)
+            select(events).where(events.c.job_id == job_id).where(events.c.seq > seq).order_by(events.c.seq)
         )
-        with self._tx() as s:
+        with self._core() as conn:
             return [
                 EventRecord(
                     seq=r.seq,
@@ -829,7 +831,7 @@ class SqlStore:
                     done=r.done,
                     expected=r.expected,
                 )
-                for r in s.scalars(query)
+                for r in conn.execute(query)
             ]
 
     def audit(
