@@ -37,11 +37,13 @@ class OpenStage:
     states: dict[str, TaskState] = field(default_factory=dict)
     written: set[str] = field(default_factory=set)  # nodes whose task row is in the store already
     ids: dict[str, str] = field(default_factory=dict)  # task id -> node
+    still_open: int = 0  # kept as tasks close: counted on every answer, so never recounted
 
     def __post_init__(self) -> None:
         for node in self.inputs:
             self.states[node] = TaskState.PENDING
             self.ids[task_id_of(self.job_id, self.epoch, self.round, self.stage, node)] = node
+        self.still_open = len(self.states)
 
     def node_of(self, task_id: str) -> str | None:
         return self.ids.get(task_id)
@@ -57,13 +59,14 @@ class OpenStage:
     def counts(self) -> tuple[int, int]:
         """(closed, total) tasks of the stage."""
         total = len(self.states)
-        return total - len(self.waiting), total
+        return total - self.still_open, total
 
     def close_task(self, node: str, state: TaskState) -> bool:
         """Answer, veto or expire one node's task; False if it was already closed."""
-        if not self.is_open(node):
+        if not self.is_open(node) or state.open:
             return False
         self.states[node] = state
+        self.still_open -= 1
         return True
 
     def expire(self, nodes: Iterable[str]) -> None:
