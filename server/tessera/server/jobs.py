@@ -395,9 +395,9 @@ class JobService:
     def _advance(self, job_id: str, *, force: bool = False) -> None:
         """Record progress; close the stage once every task is closed (or ``force``: deadline).
 
-        Runs once per answer, so it stays cheap: the stage's tasks are counted in the database
-        (not loaded), a running DP job's round and stage come from its driver (the job record is
-        read only to close the stage), and a progress event is written at most every
+        Runs once per answer, so it stays cheap: a running DP job's open stage is counted in
+        memory (``OpenStage``), a report job's tasks in the database (not loaded); the job record
+        is read only to close the stage, and a progress event is written at most every
         ``PROGRESS_EVERY_S`` per job (the ticker writes one that is owed).
         """
         dp_job = self._dp.get(job_id)
