@@ -168,6 +168,46 @@ def test_progress_notes_touch_only_running_jobs(store: SqlStore) -> None:
         store.note_progress(job.job_id, now=T0, event="late")
 
 
+def test_a_round_is_released_once_with_the_drivers_state(store: SqlStore) -> None:
+    job = store.create_job(JobSpec(analysis="count"), submitted_by="alice", now=T0)
+    store.start_round(job.job_id, round=1, rho=0.25, now=T0)
+    store.start_round(job.job_id, round=1, rho=0.25, now=T0)  # again after a restart: one row
+    later = T0 + timedelta(seconds=3)
+    store.release_round(
+        job.job_id,
+        round=1,
+        now=later,
+        survivors=["bank", "telco"],
+        dropped=["retailer"],
+        metric_json='{"step": 1.0}',
+        result_json="{}",
+        driver_state='{"round": 2}',
+    )
+    store.start_round(job.job_id, round=1, rho=0.25, now=later)  # a released round stays released
+    store.start_round(job.job_id, round=2, rho=0.5, now=later)
+    first, second = store.rounds_for(job.job_id)
+    assert (first.state, first.rho, first.released_at, first.survivors, first.dropped) == (
+        "released",
+        0.25,
+        later,
+        ("bank", "telco"),
+        ("retailer",),
+    )
+    assert (second.round, second.state, second.rho, second.released_at) == (2, "running", 0.5, None)
+    assert store.get_job(job.job_id).driver_state == '{"round": 2}'
+    with pytest.raises(NotFound):
+        store.release_round(
+            job.job_id,
+            round=3,
+            now=later,
+            survivors=[],
+            dropped=[],
+            metric_json="",
+            result_json="",
+            driver_state="",
+        )
+
+
 def test_concurrent_answers_close_a_task_exactly_once(store: SqlStore) -> None:
     job = store.create_job(JobSpec(analysis="inventory"), submitted_by="alice", now=T0)
     (task,) = store.add_tasks(

@@ -112,6 +112,9 @@ def open_store(url: str) -> SqlStore:
 
 
 _TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
+_ROUNDS: Table = RoundRow.__table__  # type: ignore[assignment]
+_JOBS: Table = JobRow.__table__  # type: ignore[assignment]
+_EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 # A task without its payload columns, for reads made once per node message.
 _HEAD = [c for c in _TASKS.c if c.name not in ("stage_input", "round_input", "answer_pb")]
 
@@ -348,12 +351,25 @@ class SqlStore:
 
     def start_round(self, job_id: str, *, round: int, rho: float, now: datetime) -> None:
         """Record that round ``round`` starts (or starts again after a restart) at cost ``rho``."""
-        with self._tx() as s:
-            row = s.get(RoundRow, (job_id, round))
-            if row is None:
-                s.add(RoundRow(job_id=job_id, round=round, rho=rho, state="running", started_at=now))
-            elif row.state != "released":
-                row.state = "running"
+        this = (_ROUNDS.c.job_id == job_id) & (_ROUNDS.c.round == round)
+        with self._core() as conn:  # Core statements: once per round of every DP job
+            state = conn.execute(select(_ROUNDS.c.state).where(this)).scalar_one_or_none()
+            if state is None:
+                conn.execute(
+                    insert(_ROUNDS).values(
+                        job_id=job_id,
+                        round=round,
+                        rho=rho,
+                        state="running",
+                        started_at=now,
+                        survivors="",
+                        dropped="",
+                        metric_json="",
+                        result_json="",
+                    )
+                )
+            elif state != "released":
+                conn.execute(update(_ROUNDS).where(this).values(state="running"))
 
     def release_round(
         self,
@@ -369,20 +385,34 @@ class SqlStore:
     ) -> None:
         """Persist a released round and the driver's next state in ONE transaction: a coordinator
         that dies after this resumes from the next round and never releases this one again."""
-        with self._tx() as s:
-            row = s.get(RoundRow, (job_id, round))
-            if row is None:
+        this = (_ROUNDS.c.job_id == job_id) & (_ROUNDS.c.round == round)
+        with self._core() as conn:  # Core statements: once per round of every DP job
+            rho = conn.execute(select(_ROUNDS.c.rho).where(this)).scalar_one_or_none()
+            if rho is None:
                 raise NotFound("no such round")
-            row.state = "released"
-            row.released_at = now
-            row.survivors = ",".join(survivors)
-            row.dropped = ",".join(dropped)
-            row.metric_json = metric_json
-            row.result_json = result_json
-            job = self._job_row(s, job_id, lock=True)
-            job.driver_state = driver_state
-            job.released_rho = (job.released_rho or 0.0) + row.rho
-            job.updated_at = now
+            conn.execute(
+                update(_ROUNDS)
+                .where(this)
+                .values(
+                    state="released",
+                    released_at=now,
+                    survivors=",".join(survivors),
+                    dropped=",".join(dropped),
+                    metric_json=metric_json,
+                    result_json=result_json,
+                )
+            )
+            changed = conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.job_id == job_id)
+                .values(
+                    driver_state=driver_state,
+                    released_rho=func.coalesce(_JOBS.c.released_rho, 0.0) + float(rho),
+                    updated_at=now,
+                )
+            )
+            if not changed.rowcount:
+                raise NotFound(f"no job with id {job_id!r}")
 
     def save_driver_state(self, job_id: str, driver_state: str) -> None:
         with self._tx() as s:
@@ -485,8 +515,7 @@ class SqlStore:
     ) -> None:
         """``update_job`` for a running job's progress only (status, round, one event): two Core
         statements in one transaction, made several times per round. Ended jobs stay ended."""
-        jobs: Table = JobRow.__table__  # type: ignore[assignment]
-        events: Table = EventRow.__table__  # type: ignore[assignment]
+        jobs, events = _JOBS, _EVENTS
         values: dict[str, Any] = {"updated_at": now}
         if status_detail is not None:
             values["status_detail"] = status_detail
@@ -814,7 +843,7 @@ class SqlStore:
 
     def events_after(self, job_id: str, seq: int) -> list[EventRecord]:
         # Core, not ORM: every watcher of a job reads this after each of its events.
-        events: Table = EventRow.__table__  # type: ignore[assignment]
+        events = _EVENTS
         query = (
             select(events).where(events.c.job_id == job_id).where(events.c.seq > seq).order_by(events.c.seq)
         )
