@@ -75,8 +75,17 @@ def _run(client: AnalystClient, spec: JobSpec, timeout: float = 600) -> tuple[fl
     return time.perf_counter() - started, doc
 
 
-def chained(client: AnalystClient, *, rounds: int, length: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def chained(client: AnalystClient, fed: Federation, *, rounds: int, length: int) -> dict[str, Any]:
+    pids = {p.name: p.process.pid for p in fed.procs}
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     seconds, doc = _run(client, _spec("mean_descent", length, rounds=rounds))
+    cpu_ms = {name: 1000 * (_cpu_seconds(pid) - before[name]) / rounds for name, pid in pids.items()}
     separate_started = time.perf_counter()
     statuses = []
     for _ in range(rounds):
@@ -89,6 +98,9 @@ def chained(client: AnalystClient, *, rounds: int, length: int) -> dict[str, Any
         "rounds_run": result.get("rounds_run"),
         "job_seconds": seconds,
         "per_round_seconds": seconds / rounds,
+        # Where a round's time goes: CPU milliseconds per round of the coordinator and of each node.
+        "coordinator_cpu_ms_per_round": round(cpu_ms.pop("coordinator"), 1),
+        "node_cpu_ms_per_round": {name: round(ms, 1) for name, ms in sorted(cpu_ms.items())},
         "separate_jobs_seconds": separate,
         "separate_per_job_seconds": separate / rounds,
         "separate_all_succeeded": all(s == "succeeded" for s in statuses),
@@ -144,6 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.length < 4 or args.length % 2:
         parser.error("--length must be an even number of at least 4")
+    load_start = list(os.getloadavg())  # other work on the machine shows here
     with tempfile.TemporaryDirectory(prefix="tessera-bench-many-") as tmp:
         fed = Federation(Path(tmp), args.nodes, rows=args.rows, stage_timeout=args.stage_timeout, seed=11)
         try:
@@ -155,7 +168,7 @@ def main() -> None:
                 runs = []
                 for run in range(args.runs):
                     log(f"chained run {run + 1}/{args.runs}")
-                    runs.append(chained(client, rounds=args.rounds, length=args.length))
+                    runs.append(chained(client, fed, rounds=args.rounds, length=args.length))
                 log("kill run")
                 kill = kill_mid_job(
                     client, fed, rounds=args.kill_rounds, kill_at=args.kill_at, length=args.length
@@ -171,8 +184,15 @@ def main() -> None:
         "runs": runs,
         "median": {
             key: _median(runs, key)
-            for key in ("job_seconds", "per_round_seconds", "separate_jobs_seconds", "chained_over_separate")
+            for key in (
+                "job_seconds",
+                "per_round_seconds",
+                "separate_jobs_seconds",
+                "chained_over_separate",
+                "coordinator_cpu_ms_per_round",
+            )
         },
+        "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "target": {"per_round_seconds_at_most": 0.1, "job_seconds_at_most": 3.0},
         "kill": kill,
     }

@@ -264,3 +264,21 @@ def test_a_population_above_the_declared_cap_is_vetoed_not_wrapped(fed: Federati
         assert _masked_entries(fed, name) == []
         wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
         assert fed.ledgers(name).budget.remaining().rho_spent == 0
+
+
+def test_the_store_gets_every_task_of_every_stage_and_no_stage_input(fed: Federation) -> None:
+    # A stage's tasks are held in memory while it is open and written when it closes; inputs are
+    # never written (the advertise-keys input names every participant's certificate).
+    _start(fed, ("bank", "telco", "retailer"))
+    doc = _run(fed, _count(group_by="region", groups=("north", "south")))
+    assert doc["status"] == "succeeded", doc
+    assert fed.store is not None
+    tasks = fed.store.tasks_for(doc["job_id"])
+    by_stage: dict[str, set[tuple[str, str]]] = {}
+    for task in tasks:
+        by_stage.setdefault(task.stage.value, set()).add((task.node_id, task.state.value))
+    stages = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+    assert set(by_stage) == set(stages)
+    for stage in stages:
+        assert by_stage[stage] == {(n, "answered") for n in ("bank", "retailer", "telco")}, stage
+    assert all(t.stage_input == b"" and t.round_input == b"" for t in tasks)

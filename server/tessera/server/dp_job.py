@@ -22,7 +22,6 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 from tessera.core.analyses.customer_table import plan_fields
@@ -33,6 +32,7 @@ from tessera.core.rounds import SPARSE_FROM, RoundSetup, analysis_spec
 from tessera.core.secagg import SecurityParams
 from tessera.core.types import FieldSchema, JobSpec, Stage
 from tessera.server.dp_round import DpRound, RoundSum
+from tessera.server.open_stage import OpenStage
 from tessera.server.store import NodeRecord
 
 
@@ -117,11 +117,10 @@ class DpJob:
         self.state = state
         self.round: DpRound | None = None
         self.plan: VectorPlan | None = None
-        # The open stage as the job service hands it out: nodes it still waits for, how many it
-        # asked, its deadline (in memory, so an answer needs no count of the stage's tasks).
-        self.waiting: set[str] = set()
-        self.asked = 0
-        self.stage_deadline: datetime | None = None
+        # The open stage as the job service handed it out (its tasks live in memory, see
+        # ``OpenStage``); None between stages.
+        self.open: OpenStage | None = None
+        self._public_bytes: tuple[int, bytes] | None = None  # (round, the round's public input)
 
     @property
     def max_rounds(self) -> int:
@@ -182,11 +181,12 @@ class DpJob:
         self.state = replace(self.state, epoch=epoch)
         self.plan = plan
         self.round = DpRound(setup, security)
+        encoded = setup.to_bytes()  # every node's certificate: encoded once, shared by all tasks
         return Tasks(
             stage=Stage.ADVERTISE_KEYS,
             round=self.state.round,
             epoch=epoch,
-            inputs={n: setup.to_bytes() for n in live},
+            inputs=dict.fromkeys(live, encoded),
             round_input=self._round_input(),
         )
 
@@ -200,7 +200,10 @@ class DpJob:
         )
 
     def _round_input(self) -> bytes:
-        return json.dumps(self.state.public, sort_keys=True).encode()
+        # The same for every stage of a round: encoded once per round.
+        if self._public_bytes is None or self._public_bytes[0] != self.state.round:
+            self._public_bytes = (self.state.round, json.dumps(self.state.public, sort_keys=True).encode())
+        return self._public_bytes[1]
 
     def receive(self, node_id: str, stage: Stage, data: bytes) -> None:
         if self.round is None:

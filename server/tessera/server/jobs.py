@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tessera.core import serde
@@ -35,7 +36,8 @@ from tessera.server.budget_mirror import node_budgets
 from tessera.server.clock import Clock
 from tessera.server.dp_job import DpJob, DriverState, RoundDone, Tasks
 from tessera.server.notifier import Notifier
-from tessera.server.store import JobRecord, NodeRecord, SqlStore, TaskRecord
+from tessera.server.open_stage import OpenStage
+from tessera.server.store import JobRecord, NodeRecord, SqlStore, TaskRecord, TaskState
 from tessera.v1 import node_pb2
 
 log = logging.getLogger("tessera.coordinator.jobs")
@@ -75,6 +77,9 @@ class JobService:
         self._dp: dict[str, DpJob] = {}
         self._progress: dict[str, float] = {}  # job -> when its last progress event was written
         self._progress_owed: set[str] = set()  # jobs whose latest progress is not written yet
+        self._up_since = clock()  # when this process started (``recover`` moves it)
+        self._store_versions: dict[str, int] = {}  # node -> moves when store tasks are added
+        self._versions_lock = threading.Lock()
 
     # -- analyst side ---------------------------------------------------------------------------
 
@@ -209,6 +214,7 @@ class JobService:
             stage=stage,
             expected=len(participants),
         )
+        self._stored_for(participants)
         self.notifier.notify(participants, job=job.job_id)
         return job
 
@@ -239,46 +245,78 @@ class JobService:
         if tasks.stage is Stage.ADVERTISE_KEYS or tasks.round != job.round:  # idempotent per round
             self.store.start_round(job.job_id, round=tasks.round, rho=dp_job.plan_rho, now=now)
         nodes = sorted(tasks.inputs)
-        deadline = self._deadline(job, now)
-        dp_job.waiting, dp_job.asked, dp_job.stage_deadline = set(nodes), len(nodes), deadline
-        self.store.add_tasks(
-            job.job_id,
+        # The stage's tasks stay in memory until it closes (``OpenStage``): nodes are handed them
+        # from there, and the store gets them in one write when the stage closes.
+        dp_job.open = OpenStage(
+            job_id=job.job_id,
             round=tasks.round,
             epoch=tasks.epoch,
             stage=tasks.stage,
-            node_ids=nodes,
-            now=now,
-            deadline=deadline,
-            stage_inputs=tasks.inputs,
+            deadline=self._deadline(job, now),
+            created_at=now,
+            inputs=tasks.inputs,
             round_input=tasks.round_input,
         )
-        job = self.store.update_job(
+        status = (
+            f"round {tasks.round} of {dp_job.max_rounds}: waiting for {len(nodes)} of "
+            f"{len(nodes)} node(s) ({tasks.stage.value})"
+        )
+        self.store.note_progress(
             job.job_id,
             now=now,
             round=tasks.round,
-            status_detail=f"round {tasks.round} of {dp_job.max_rounds}: waiting for {len(nodes)} of "
-            f"{len(nodes)} node(s) ({tasks.stage.value})",
+            status_detail=status,
             event=f"round {tasks.round} of {dp_job.max_rounds}, {tasks.stage.value}: "
             f"asked {len(nodes)} node(s)",
             stage=tasks.stage,
             expected=len(nodes),
         )
         self.notifier.notify(nodes, job=job.job_id)
-        return job
+        return replace(job, round=tasks.round, status_detail=status, updated_at=now)
 
     # -- node side ------------------------------------------------------------------------------
 
+    def open_task(
+        self, node_id: str, *, task_id: str, job_id: str, round_no: int, stage: Stage
+    ) -> TaskRecord | None:
+        """The task a node's message answers if it is of a DP stage open now (from memory, no
+        store); None if it is not. Refuses messages bound to anything else."""
+        dp_job = self._dp.get(job_id)
+        open_stage = dp_job.open if dp_job is not None else None
+        node = open_stage.node_of(task_id) if open_stage is not None else None
+        if open_stage is None or node is None:
+            return None
+        return _checked(open_stage.record(node), node_id, job_id, round_no, stage)
+
+    def open_dp_tasks(self, node_id: str) -> list[TaskRecord]:
+        """The node's open tasks of running DP stages, inputs included (from memory)."""
+        found = []
+        for dp_job in list(self._dp.values()):
+            open_stage = dp_job.open
+            if open_stage is not None and open_stage.is_open(node_id):
+                found.append((open_stage.created_at, open_stage.record(node_id, payload=True)))
+        return [task for _, task in sorted(found, key=lambda pair: (pair[0], pair[1].task_id))]
+
+    def store_version(self, node_id: str) -> int:
+        """Moves whenever tasks that live in the store (reports, end notices) are added for the
+        node: a task stream reads the store only when this moved since it last looked."""
+        return self._store_versions.get(node_id, 0)
+
+    def _stored_for(self, nodes: Collection[str]) -> None:
+        with self._versions_lock:
+            for node in nodes:
+                self._store_versions[node] = self._store_versions.get(node, 0) + 1
+
     def task_for(self, node_id: str, *, task_id: str, job_id: str, round_no: int, stage: Stage) -> TaskRecord:
         """The task a node's message answers; refuses messages bound to anything else."""
+        task = self.open_task(node_id, task_id=task_id, job_id=job_id, round_no=round_no, stage=stage)
+        if task is not None:
+            return task
         try:
             task = self.store.get_task(task_id, payload=False)
         except NotFound:
             raise InvalidRequest("the message names no task this coordinator issued") from None
-        if task.node_id != node_id:
-            raise AuthError("this task belongs to another node")
-        if (task.job_id, task.round, task.stage) != (job_id, round_no, stage):
-            raise InvalidRequest("the message is bound to a different job, round or stage than its task")
-        return task
+        return _checked(task, node_id, job_id, round_no, stage)
 
     def on_message(self, node_id: str, task: TaskRecord, message: node_pb2.RoundMessage) -> bool:
         """A node's answer to one task; False when the task was already closed (a replay)."""
@@ -297,14 +335,22 @@ class JobService:
                 dp_job = self._dp.get(task.job_id)
                 if body != "secagg" or dp_job is None or dp_job.round is None:
                     raise InvalidRequest("this task expects a secure-aggregation message of a running round")
-                if task.epoch != dp_job.state.epoch or task.stage is not dp_job.stage:
+                open_stage = dp_job.open
+                if open_stage is None or open_stage.node_of(task.task_id) != node_id:
                     raise InvalidRequest("this task belongs to an earlier stage or key epoch of the job")
-                # The round keeps what it needs in memory; the store only records that it came.
+                if not open_stage.is_open(node_id):
+                    return False
+                # The round keeps what it needs in memory, and so does the open stage.
                 dp_job.receive(node_id, task.stage, message.secagg.data)
-                answer = b""
+                open_stage.close_task(node_id, TaskState.ANSWERED)
+                if task.stage is Stage.MASKED_INPUT:
+                    # The node was charged when its masked input left it: recorded at once, so the
+                    # coordinator's account of who was charged survives a crash mid-stage.
+                    self._write_now(open_stage, node_id)
+                self._advance(task.job_id)
+                return True
             fresh = self.store.answer_task(task.task_id, answer=answer)
             if fresh:
-                self._answered(task)
                 self._advance(task.job_id)
         return fresh
 
@@ -316,59 +362,56 @@ class JobService:
             policy_hash=veto.policy_hash,
         )
         with self._locks.hold(task.job_id):
-            fresh = self.store.answer_task(task.task_id, answer=None, veto=veto)
+            dp_job = self._dp.get(task.job_id)
+            open_stage = dp_job.open if dp_job is not None else None
+            if open_stage is not None and open_stage.node_of(task.task_id) == node_id:
+                fresh = open_stage.close_task(node_id, TaskState.VETOED)
+                if fresh:
+                    self._write_now(open_stage, node_id, veto=veto)
+            else:
+                fresh = self.store.answer_task(task.task_id, answer=None, veto=veto)
             if fresh:
                 log.info("veto job=%s node=%s code=%s", task.job_id, node_id, veto.code)
-                self._answered(task)
                 self._advance(task.job_id)
         return fresh
 
-    def _answered(self, task: TaskRecord) -> None:
-        dp_job = self._dp.get(task.job_id)
-        if dp_job is not None and task.stage is dp_job.stage and task.epoch == dp_job.state.epoch:
-            dp_job.waiting.discard(task.node_id)
+    def _write_now(self, open_stage: OpenStage, node_id: str, *, veto: Veto | None = None) -> None:
+        """Write one task of an open stage to the store ahead of the stage (a charge, a veto)."""
+        self.store.record_tasks([open_stage.record(node_id)], created_at=open_stage.created_at, veto=veto)
+        open_stage.written.add(node_id)
 
-    def _stage_of(self, job: JobRecord) -> tuple[Stage | None, int | None]:
-        """The stage and epoch of the job's open tasks (None, None: every task of its round)."""
-        dp_job = self._dp.get(job.job_id)
-        if dp_job is None:
-            return None, None
-        return dp_job.stage, dp_job.state.epoch
+    def _write_stage(self, dp_job: DpJob) -> None:
+        """Close the open stage (unanswered tasks expire) and write its tasks in one statement."""
+        open_stage, dp_job.open = dp_job.open, None
+        if open_stage is not None:
+            self.store.record_tasks(open_stage.closed_records(), created_at=open_stage.created_at)
 
     def _current_tasks(self, job: JobRecord, *, payload: bool = False) -> list[TaskRecord]:
-        stage, epoch = self._stage_of(job)
-        if job.job_id in self._dp and stage is None:
-            return []
-        return self.store.tasks_for(job.job_id, round=job.round, stage=stage, epoch=epoch, payload=payload)
+        dp_job = self._dp.get(job.job_id)
+        if dp_job is not None:
+            return dp_job.open.records() if dp_job.open is not None else []
+        return self.store.tasks_for(job.job_id, round=job.round, payload=payload)
 
     def _advance(self, job_id: str, *, force: bool = False) -> None:
         """Record progress; close the stage once every task is closed (or ``force``: deadline).
 
-        Runs once per answer, so it stays cheap: the stage's tasks are counted in the database
-        (not loaded), a running DP job's round and stage come from its driver (the job record is
-        read only to close the stage), and a progress event is written at most every
+        Runs once per answer, so it stays cheap: a running DP job's open stage is counted in
+        memory (``OpenStage``), a report job's tasks in the database (not loaded); the job record
+        is read only to close the stage, and a progress event is written at most every
         ``PROGRESS_EVERY_S`` per job (the ticker writes one that is owed).
         """
         dp_job = self._dp.get(job_id)
         job: JobRecord | None = None
         if dp_job is not None:
-            if dp_job.stage is None:
+            if dp_job.stage is None or dp_job.open is None:
                 return
-            round_no, stage, epoch = dp_job.state.round, dp_job.stage, dp_job.state.epoch
-            # Counted in memory; the database confirms before the stage closes (below).
-            closed, total = dp_job.asked - len(dp_job.waiting), dp_job.asked
-            if closed >= total or force:
-                closed, total = self.store.stage_counts(job_id, round=round_no, stage=stage, epoch=epoch)
-                if closed < total and not force:  # memory was wrong: take the database's word
-                    tasks = self.store.tasks_for(
-                        job_id, round=round_no, stage=stage, epoch=epoch, payload=False
-                    )
-                    dp_job.waiting = {t.node_id for t in tasks if t.state.open}
+            round_no, stage = dp_job.open.round, dp_job.open.stage
+            closed, total = dp_job.open.counts()
         else:
             job = self.store.get_job(job_id)
             if job.state.terminal:
                 return
-            round_no, stage, epoch = job.round, Stage.LOCAL_REPORT, None
+            round_no, stage = job.round, Stage.LOCAL_REPORT
             closed, total = self.store.stage_counts(job_id, round=round_no)
         now = self.clock()
         if closed < total and not force:
@@ -377,9 +420,10 @@ class JobService:
                 return
             self._progress[job_id] = time.monotonic()
             self._progress_owed.discard(job_id)
-            self.store.update_job(
+            self.store.note_progress(
                 job_id,
                 now=now,
+                round=round_no,
                 status_detail=f"waiting for {total - closed} of {total} node(s) ({stage.value}"
                 + (f", round {round_no})" if dp_job is not None else ")"),
                 event=f"{stage.value}: {closed} of {total} node(s) answered",
@@ -402,6 +446,7 @@ class JobService:
 
     def _close_dp_stage(self, job: JobRecord, now: datetime) -> None:
         dp_job = self._dp[job.job_id]
+        self._write_stage(dp_job)
         try:
             outcome = dp_job.close_stage()
         except TesseraError as exc:
@@ -431,9 +476,10 @@ class JobService:
             driver_state=done.state.to_json(),
         )
         shown = ", ".join(f"{k} {v:.6g}" for k, v in metric.items())
-        self.store.update_job(
+        self.store.note_progress(
             job.job_id,
             now=now,
+            round=done.round,
             event=f"round {done.round} of {dp_job.max_rounds} released: noisy sum of "
             f"{len(done.survivors)} node(s)"
             + (f", {len(done.dropped)} dropped" if done.dropped else "")
@@ -565,7 +611,10 @@ class JobService:
     def _drop_dp(self, job_id: str) -> DpJob | None:
         self._progress.pop(job_id, None)
         self._progress_owed.discard(job_id)
-        return self._dp.pop(job_id, None)
+        dp_job = self._dp.pop(job_id, None)
+        if dp_job is not None:
+            self._write_stage(dp_job)  # the store keeps every task handed out
+        return dp_job
 
     def _charged_text(self, job_id: str) -> str:
         """A true sentence about what the job's nodes were charged (from the answered inputs)."""
@@ -627,6 +676,7 @@ class JobService:
                 deadline=now + self.stage_timeout,
                 stage_input=END_CODEC.encode(),
             )
+            self._stored_for(targets)
             self.notifier.notify(targets, job=job.job_id)
 
     # -- time and recovery ----------------------------------------------------------------------
@@ -641,6 +691,10 @@ class JobService:
         """
         now = self.clock()
         silent_before = now - self.node_silence
+        if self._up_since > silent_before:
+            # Heartbeats stopped while this process was not running, through no fault of the
+            # nodes: each gets a whole silence window from the start to come back.
+            silent_before = datetime.min.replace(tzinfo=UTC)
         seen: dict[str, datetime] | None = None  # read once, and only if a stage is waiting
         for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
             dp_job = self._dp.get(listed.job_id)
@@ -677,9 +731,9 @@ class JobService:
                 if not late:
                     continue
                 names = ", ".join(sorted(t.node_id for t in late))
-                if job.job_id in self._dp:
-                    self.store.expire_tasks([t.task_id for t in late])
-                    self._dp[job.job_id].waiting -= {t.node_id for t in late}
+                dp_job = self._dp.get(job.job_id)
+                if dp_job is not None and dp_job.open is not None:
+                    dp_job.open.expire(t.node_id for t in late)  # written when the stage closes
                     self.store.update_job(
                         job.job_id, now=now, event=f"{late[0].stage.value}: {names} dropped"
                     )
@@ -700,6 +754,7 @@ class JobService:
         destroys an epoch's secrets when the next epoch of the job begins.
         """
         now = self.clock()
+        self._up_since = now
         for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
             with self._locks.hold(job.job_id):
                 info = get_analysis(job.spec.analysis)
@@ -761,9 +816,12 @@ def _may_be_late(
 ) -> bool:
     if job.spec.deadline is not None and job.spec.deadline <= now:
         return True
-    if dp_job.stage_deadline is not None and dp_job.stage_deadline <= now:
+    open_stage = dp_job.open
+    if open_stage is None:
+        return False
+    if open_stage.deadline is not None and open_stage.deadline <= now:
         return True
-    return any(n in gone or seen.get(n, now) < silent_before for n in dp_job.waiting)
+    return any(n in gone or seen.get(n, now) < silent_before for n in open_stage.waiting)
 
 
 class JobLocks:
@@ -792,6 +850,14 @@ class JobLocks:
     def __len__(self) -> int:
         with self._guard:
             return len(self._locks)
+
+
+def _checked(task: TaskRecord, node_id: str, job_id: str, round_no: int, stage: Stage) -> TaskRecord:
+    if task.node_id != node_id:
+        raise AuthError("this task belongs to another node")
+    if (task.job_id, task.round, task.stage) != (job_id, round_no, stage):
+        raise InvalidRequest("the message is bound to a different job, round or stage than its task")
+    return task
 
 
 def _drops(tolerated: int) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -24,7 +24,7 @@ from tessera.server.blocking import Blocking
 from tessera.server.jobs import JobService
 from tessera.server.notifier import Notifier
 from tessera.server.presence import Presence
-from tessera.server.store import JobRecord, TaskRecord
+from tessera.server.store import TaskRecord
 from tessera.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tessera.coordinator.nodes")
@@ -77,7 +77,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.presence = presence
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.gates = KeyedGates()
-        self._jobs: dict[str, JobRecord] = {}  # job -> its record as its tasks need it
+        self._jobs: dict[str, node_pb2.Task] = {}  # job -> what each of its tasks carries
         self._anchored: dict[str, tuple[int, str]] = {}  # node -> the egress head last anchored
 
     def _node(self, context: grpc.aio.ServicerContext) -> str:
@@ -144,13 +144,23 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         log.info("task stream opened node=%s", node_id)
         sent: set[str] = set()  # per stream: a reconnect re-sends everything still open
         seen = -1
+        stored = -1  # the job service's store version for this node when the stream last looked
         self.presence.stream_opened(node_id)
         try:
             while not self.notifier.closed:
                 version = self.notifier.node_version(node_id)
                 if version != seen:
                     seen = version
-                    for task in await self.run(self._deliver, node_id, sent):
+                    # Tasks of open DP stages come from memory, on the loop; the store is read
+                    # (in the pool) only when tasks were stored for this node since it last looked.
+                    latest = self.jobs.store_version(node_id)
+                    memory = [t for t in self.jobs.open_dp_tasks(node_id) if t.task_id not in sent]
+                    if latest != stored or any(t.job_id not in self._jobs for t in memory):
+                        batch = await self.run(self._deliver, node_id, sent, memory, latest != stored)
+                        stored = latest
+                    else:
+                        batch = [self._task_pb(t) for t in memory]
+                    for task in batch:
                         yield task
                         sent.add(task.task_id)
                 await self.notifier.wait_node_async(node_id, seen, timeout=STREAM_RECHECK_S)
@@ -166,7 +176,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         deadline = loop.time() + min(request.wait_ms / 1000.0, MAX_POLL_WAIT_S)
         while True:
             seen = self.notifier.node_version(node_id)
-            tasks = await self.run(self._deliver, node_id, set())
+            tasks = await self.run(self._deliver, node_id, set(), self.jobs.open_dp_tasks(node_id), True)
             remaining = deadline - loop.time()
             if tasks or remaining <= 0 or self.notifier.closed:
                 return node_pb2.PollTasksResponse(tasks=tasks)
@@ -177,7 +187,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.SubmitAck:
         node_id = self._node(context)
         stage = serde.stage_from_pb(request.stage)
-        task = await self._task(node_id, request.task_id, request.job_id, request.round, stage)
+        # A task of an open DP stage is found in memory, on the loop; any other in the store.
+        task = self.jobs.open_task(
+            node_id, task_id=request.task_id, job_id=request.job_id, round_no=request.round, stage=stage
+        ) or await self._task(node_id, request.task_id, request.job_id, request.round, stage)
         async with self.gates.hold(task.job_id):
             fresh = await self.run(self.jobs.on_message, node_id, task, request)
         return node_pb2.SubmitAck(accepted=fresh, detail="" if fresh else "already answered")
@@ -200,36 +213,44 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     # -- in the pool ------------------------------------------------------------------------------
 
-    def _deliver(self, node_id: str, sent: set[str]) -> list[node_pb2.Task]:
-        """The node's open tasks not yet sent on this stream, marked delivered (runs in the pool)."""
+    def _deliver(
+        self, node_id: str, sent: set[str], memory: Sequence[TaskRecord], from_store: bool
+    ) -> list[node_pb2.Task]:
+        """The node's open stored tasks not yet sent on this stream (marked delivered) if
+        ``from_store``, then ``memory`` (tasks of open DP stages): runs in the pool."""
         if self.notifier.closed:
             raise Unavailable("the coordinator is shutting down")
-        return [self._task_pb(t) for t in self.jobs.store.deliver_open_tasks(node_id, skip=sent)]
+        stored = self.jobs.store.deliver_open_tasks(node_id, skip=sent) if from_store else []
+        return [self._task_pb(t) for t in [*stored, *memory]]
 
-    def _job(self, job_id: str) -> JobRecord:
-        # A job's spec never changes and its participants, once set, neither: cache them.
-        job = self._jobs.get(job_id)
-        if job is None:
+    def _job(self, job_id: str) -> node_pb2.Task:
+        """What every task of a job carries (spec, participants, submitter), as a message to copy.
+
+        A job's spec never changes and its participants, once set, neither: built once, cached.
+        """
+        template = self._jobs.get(job_id)
+        if template is None:
             job = self.jobs.store.get_job(job_id)
+            template = node_pb2.Task(
+                job_id=job.job_id,
+                spec=serde.job_spec_to_pb(job.spec),
+                participants=list(job.participants),
+                submitter=job.submitted_by,
+            )
             if job.participants:
                 if len(self._jobs) >= 1024:
-                    self._jobs.pop(next(iter(self._jobs)))
-                self._jobs[job_id] = job
-        return job
+                    self._jobs.pop(next(iter(self._jobs)), None)
+                self._jobs[job_id] = template
+        return template
 
     def _task_pb(self, task: TaskRecord) -> node_pb2.Task:
-        job = self._job(task.job_id)
-        msg = node_pb2.Task(
-            task_id=task.task_id,
-            job_id=task.job_id,
-            round=task.round,
-            stage=serde.stage_to_pb(task.stage),
-            spec=serde.job_spec_to_pb(job.spec),
-            stage_input=task.stage_input,
-            round_input=task.round_input,
-            participants=list(job.participants),
-            submitter=job.submitted_by,
-        )
+        msg = node_pb2.Task()
+        msg.CopyFrom(self._job(task.job_id))
+        msg.task_id = task.task_id
+        msg.round = task.round
+        msg.stage = serde.stage_to_pb(task.stage)
+        msg.stage_input = task.stage_input
+        msg.round_input = task.round_input
         if task.deadline is not None:
             msg.deadline.FromDatetime(task.deadline)
         return msg

@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 
 from tessera.core.errors import Conflict, NotFound
 from tessera.core.types import DatasetSchema, FieldSchema, JobSpec, JobState, PolicySummary, Stage, Tier, Veto
+from tessera.server.open_stage import OpenStage
 from tessera.server.store import SqlStore, TaskState, open_store
 from tessera.server.store.models import Base
 
@@ -115,6 +116,96 @@ def test_tasks_answer_once_and_expire_with_their_job(store: SqlStore) -> None:
     store.update_job(job.job_id, now=T0, state=JobState.FAILED, error="x")
     assert store.get_task(tasks[2].task_id).state is TaskState.EXPIRED
     assert store.open_tasks("retailer") == []
+
+
+def test_tasks_held_in_memory_are_written_with_their_states_and_vetoes(store: SqlStore) -> None:
+    job = store.create_job(JobSpec(analysis="count"), submitted_by="alice", now=T0)
+    deadline = T0 + timedelta(minutes=1)
+    stage = OpenStage(
+        job_id=job.job_id,
+        round=2,
+        epoch=3,
+        stage=Stage.MASKED_INPUT,
+        deadline=deadline,
+        created_at=T0,
+        inputs=dict.fromkeys(("bank", "retailer", "telco"), b"input"),
+        round_input=b"{}",
+    )
+    assert stage.close_task("bank", TaskState.ANSWERED) and not stage.close_task("bank", TaskState.ANSWERED)
+    veto = Veto(node_id="telco", code="budget.exhausted", reason="no", policy_hash="cd" * 32)
+    stage.close_task("telco", TaskState.VETOED)
+    store.record_tasks([stage.record("telco")], created_at=T0, veto=veto)  # a veto is written at once
+    stage.written.add("telco")
+    assert stage.counts() == (2, 3)
+    store.record_tasks(stage.closed_records(), created_at=T0)  # the rest when the stage closes
+    tasks = {t.node_id: t for t in store.tasks_for(job.job_id)}
+    assert {n: t.state for n, t in tasks.items()} == {
+        "bank": TaskState.ANSWERED,
+        "retailer": TaskState.EXPIRED,
+        "telco": TaskState.VETOED,
+    }
+    assert tasks["bank"].task_id == stage.record("bank").task_id == f"{job.job_id}-e3-r2-masked_input-bank"
+    assert all(t.stage_input == b"" and t.deadline == deadline and t.epoch == 3 for t in tasks.values())
+    assert store.vetoes_for(job.job_id) == [veto]
+    assert store.open_tasks("retailer") == []
+
+
+def test_progress_notes_touch_only_running_jobs(store: SqlStore) -> None:
+    job = store.create_job(JobSpec(analysis="count"), submitted_by="alice", now=T0)
+    with pytest.raises(Conflict):  # not running yet
+        store.note_progress(job.job_id, now=T0, event="early")
+    store.update_job(job.job_id, now=T0, state=JobState.RUNNING, round=1)
+    store.note_progress(job.job_id, now=T0, event="asked", status_detail="waiting", stage=Stage.UNMASK)
+    store.note_progress(job.job_id, now=T0, event="next", round=2, done=1, expected=3)
+    assert store.get_job(job.job_id).status_detail == "waiting" and store.get_job(job.job_id).round == 2
+    events = store.events_after(job.job_id, 0)[-2:]
+    assert [(e.message, e.round, e.stage, e.done, e.expected) for e in events] == [
+        ("asked", 1, "unmask", 0, 0),
+        ("next", 2, "", 1, 3),
+    ]
+    store.update_job(job.job_id, now=T0, state=JobState.SUCCEEDED)
+    with pytest.raises(Conflict):  # ended jobs stay ended
+        store.note_progress(job.job_id, now=T0, event="late")
+
+
+def test_a_round_is_released_once_with_the_drivers_state(store: SqlStore) -> None:
+    job = store.create_job(JobSpec(analysis="count"), submitted_by="alice", now=T0)
+    store.start_round(job.job_id, round=1, rho=0.25, now=T0)
+    store.start_round(job.job_id, round=1, rho=0.25, now=T0)  # again after a restart: one row
+    later = T0 + timedelta(seconds=3)
+    store.release_round(
+        job.job_id,
+        round=1,
+        now=later,
+        survivors=["bank", "telco"],
+        dropped=["retailer"],
+        metric_json='{"step": 1.0}',
+        result_json="{}",
+        driver_state='{"round": 2}',
+    )
+    store.start_round(job.job_id, round=1, rho=0.25, now=later)  # a released round stays released
+    store.start_round(job.job_id, round=2, rho=0.5, now=later)
+    first, second = store.rounds_for(job.job_id)
+    assert (first.state, first.rho, first.released_at, first.survivors, first.dropped) == (
+        "released",
+        0.25,
+        later,
+        ("bank", "telco"),
+        ("retailer",),
+    )
+    assert (second.round, second.state, second.rho, second.released_at) == (2, "running", 0.5, None)
+    assert store.get_job(job.job_id).driver_state == '{"round": 2}'
+    with pytest.raises(NotFound):
+        store.release_round(
+            job.job_id,
+            round=3,
+            now=later,
+            survivors=[],
+            dropped=[],
+            metric_json="",
+            result_json="",
+            driver_state="",
+        )
 
 
 def test_concurrent_answers_close_a_task_exactly_once(store: SqlStore) -> None:

@@ -21,6 +21,11 @@ class TaskState(enum.StrEnum):
         return self in (TaskState.PENDING, TaskState.DELIVERED)
 
 
+def task_id_of(job_id: str, epoch: int, round_no: int, stage: Stage, node_id: str) -> str:
+    """A task's id: one per job, key epoch, round, stage and node (so a replay names its task)."""
+    return f"{job_id}{f'-e{epoch}' if epoch else ''}-r{round_no}-{stage.value}-{node_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
     node_id: str

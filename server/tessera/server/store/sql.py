@@ -19,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     update,
 )
@@ -46,6 +47,7 @@ from tessera.server.store.records import (
     RoundRecord,
     TaskRecord,
     TaskState,
+    task_id_of,
 )
 from tessera.v1 import common_pb2, node_pb2
 
@@ -110,6 +112,9 @@ def open_store(url: str) -> SqlStore:
 
 
 _TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
+_ROUNDS: Table = RoundRow.__table__  # type: ignore[assignment]
+_JOBS: Table = JobRow.__table__  # type: ignore[assignment]
+_EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 # A task without its payload columns, for reads made once per node message.
 _HEAD = [c for c in _TASKS.c if c.name not in ("stage_input", "round_input", "answer_pb")]
 
@@ -346,12 +351,25 @@ class SqlStore:
 
     def start_round(self, job_id: str, *, round: int, rho: float, now: datetime) -> None:
         """Record that round ``round`` starts (or starts again after a restart) at cost ``rho``."""
-        with self._tx() as s:
-            row = s.get(RoundRow, (job_id, round))
-            if row is None:
-                s.add(RoundRow(job_id=job_id, round=round, rho=rho, state="running", started_at=now))
-            elif row.state != "released":
-                row.state = "running"
+        this = (_ROUNDS.c.job_id == job_id) & (_ROUNDS.c.round == round)
+        with self._core() as conn:  # Core statements: once per round of every DP job
+            state = conn.execute(select(_ROUNDS.c.state).where(this)).scalar_one_or_none()
+            if state is None:
+                conn.execute(
+                    insert(_ROUNDS).values(
+                        job_id=job_id,
+                        round=round,
+                        rho=rho,
+                        state="running",
+                        started_at=now,
+                        survivors="",
+                        dropped="",
+                        metric_json="",
+                        result_json="",
+                    )
+                )
+            elif state != "released":
+                conn.execute(update(_ROUNDS).where(this).values(state="running"))
 
     def release_round(
         self,
@@ -367,20 +385,34 @@ class SqlStore:
     ) -> None:
         """Persist a released round and the driver's next state in ONE transaction: a coordinator
         that dies after this resumes from the next round and never releases this one again."""
-        with self._tx() as s:
-            row = s.get(RoundRow, (job_id, round))
-            if row is None:
+        this = (_ROUNDS.c.job_id == job_id) & (_ROUNDS.c.round == round)
+        with self._core() as conn:  # Core statements: once per round of every DP job
+            rho = conn.execute(select(_ROUNDS.c.rho).where(this)).scalar_one_or_none()
+            if rho is None:
                 raise NotFound("no such round")
-            row.state = "released"
-            row.released_at = now
-            row.survivors = ",".join(survivors)
-            row.dropped = ",".join(dropped)
-            row.metric_json = metric_json
-            row.result_json = result_json
-            job = self._job_row(s, job_id, lock=True)
-            job.driver_state = driver_state
-            job.released_rho = (job.released_rho or 0.0) + row.rho
-            job.updated_at = now
+            conn.execute(
+                update(_ROUNDS)
+                .where(this)
+                .values(
+                    state="released",
+                    released_at=now,
+                    survivors=",".join(survivors),
+                    dropped=",".join(dropped),
+                    metric_json=metric_json,
+                    result_json=result_json,
+                )
+            )
+            changed = conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.job_id == job_id)
+                .values(
+                    driver_state=driver_state,
+                    released_rho=func.coalesce(_JOBS.c.released_rho, 0.0) + float(rho),
+                    updated_at=now,
+                )
+            )
+            if not changed.rowcount:
+                raise NotFound(f"no job with id {job_id!r}")
 
     def save_driver_state(self, job_id: str, driver_state: str) -> None:
         with self._tx() as s:
@@ -469,6 +501,49 @@ class SqlStore:
             s.flush()
             return self._job(row)
 
+    def note_progress(
+        self,
+        job_id: str,
+        *,
+        now: datetime,
+        event: str,
+        status_detail: str | None = None,
+        round: int | None = None,
+        stage: Stage | None = None,
+        done: int = 0,
+        expected: int = 0,
+    ) -> None:
+        """``update_job`` for a running job's progress only (status, round, one event): two Core
+        statements in one transaction, made several times per round. Ended jobs stay ended."""
+        jobs, events = _JOBS, _EVENTS
+        values: dict[str, Any] = {"updated_at": now}
+        if status_detail is not None:
+            values["status_detail"] = status_detail
+        if round is not None:
+            values["round"] = round
+        running = JobState.RUNNING.value
+        with self._core() as conn:
+            changed = conn.execute(
+                update(jobs).where(jobs.c.job_id == job_id).where(jobs.c.state == running).values(**values)
+            )
+            if not changed.rowcount:
+                raise Conflict(f"job {job_id} is not running")
+            row_round = round
+            if row_round is None:
+                row_round = conn.execute(select(jobs.c.round).where(jobs.c.job_id == job_id)).scalar_one()
+            conn.execute(
+                insert(events).values(
+                    job_id=job_id,
+                    at=now,
+                    state=running,
+                    message=event,
+                    round=row_round,
+                    stage=stage.value if stage else "",
+                    done=done,
+                    expected=expected,
+                )
+            )
+
     @staticmethod
     def _job_row(s: Session, job_id: str, *, lock: bool = False) -> JobRow:
         query = select(JobRow).where(JobRow.job_id == job_id)
@@ -515,7 +590,7 @@ class SqlStore:
         """One task per node; ``stage_inputs`` gives a node its own input (else ``stage_input``)."""
         rows = [
             TaskRow(
-                task_id=f"{job_id}{f'-e{epoch}' if epoch else ''}-r{round}-{stage.value}-{node_id}",
+                task_id=task_id_of(job_id, epoch, round, stage, node_id),
                 job_id=job_id,
                 node_id=node_id,
                 round=round,
@@ -533,6 +608,36 @@ class SqlStore:
             s.add_all(rows)
             s.flush()
             return [self._task(r) for r in rows]
+
+    def record_tasks(
+        self, tasks: Sequence[TaskRecord], *, created_at: datetime, veto: Veto | None = None
+    ) -> None:
+        """Write tasks that were held in memory (a DP stage's, see ``OpenStage``) in one statement,
+        with their states, without their inputs; ``veto`` goes with a single vetoed task."""
+        if not tasks:
+            return
+        rows = [
+            {
+                "task_id": t.task_id,
+                "job_id": t.job_id,
+                "node_id": t.node_id,
+                "round": t.round,
+                "epoch": t.epoch,
+                "stage": t.stage.value,
+                "state": t.state.value,
+                "stage_input": b"",
+                "round_input": b"",
+                "deadline": t.deadline,
+                "created_at": created_at,
+                "answer_pb": b"" if t.state is TaskState.ANSWERED else None,
+                "veto_code": veto.code if veto is not None else "",
+                "veto_reason": veto.reason if veto is not None else "",
+                "veto_policy_hash": veto.policy_hash if veto is not None else "",
+            }
+            for t in tasks
+        ]
+        with self._core() as conn:
+            conn.execute(insert(_TASKS), rows)
 
     def open_tasks(self, node_id: str) -> list[TaskRecord]:
         """Tasks this node has not answered yet, oldest first (re-sent after every reconnect)."""
@@ -737,10 +842,12 @@ class SqlStore:
     # -- events and audit ----------------------------------------------------------------------
 
     def events_after(self, job_id: str, seq: int) -> list[EventRecord]:
+        # Core, not ORM: every watcher of a job reads this after each of its events.
+        events = _EVENTS
         query = (
-            select(EventRow).where(EventRow.job_id == job_id).where(EventRow.seq > seq).order_by(EventRow.seq)
+            select(events).where(events.c.job_id == job_id).where(events.c.seq > seq).order_by(events.c.seq)
         )
-        with self._tx() as s:
+        with self._core() as conn:
             return [
                 EventRecord(
                     seq=r.seq,
@@ -753,7 +860,7 @@ class SqlStore:
                     done=r.done,
                     expected=r.expected,
                 )
-                for r in s.scalars(query)
+                for r in conn.execute(query)
             ]
 
     def audit(
