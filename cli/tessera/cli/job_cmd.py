@@ -92,8 +92,9 @@ def submit(
     with _client(coordinator, pki, user) as client:
         job_id = client.submit(spec)
         console.print(f"submitted job [bold]{job_id}[/] ({analysis})")
-        if watch:
-            _watch(client, job_id)
+        state = _watch(client, job_id) if watch else None
+    if state is not None and state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)  # scripts that wait for a job must see that it did not succeed
 
 
 def _watch(client: AnalystClient, job_id: str) -> JobState:
@@ -114,8 +115,9 @@ def _watch(client: AnalystClient, job_id: str) -> JobState:
                 f"  [dim]{event.at.ToDatetime():%H:%M:%S}[/] {state.value:<9} {event.message}"
             )
             if state.terminal:
-                if state is JobState.SUCCEEDED and event.expected:
-                    progress.update(bar, completed=event.expected)
+                total = progress.tasks[0].total or event.expected
+                if state is JobState.SUCCEEDED and total:  # the last event carries no count
+                    progress.update(bar, total=total, completed=total)
                 break
     colour = "green" if state is JobState.SUCCEEDED else "red"
     console.print(f"job {job_id} [bold {colour}]{state.value}[/]")
