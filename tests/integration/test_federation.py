@@ -14,6 +14,7 @@ import pytest
 from federation import Federation, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tessera.core import serde
 from tessera.core.errors import AuthError, Conflict, InvalidRequest, NotFound
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.types import JobSpec, JobState
@@ -160,6 +161,25 @@ def test_oversized_and_malformed_messages_get_errors_not_crashes(fed: Federation
             health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
             == health_pb2.HealthCheckResponse.SERVING
         )
+
+
+def test_a_second_process_under_a_connected_name_is_refused(fed: Federation) -> None:
+    # telco's agent is connected; another process holding telco's certificate must not enrol
+    # (and overwrite its policy) nor open a second task stream (and receive every task too).
+    channel, telco = _node_stub(fed, "telco")
+    other = (("tessera-instance", "another-process"),)
+    policy = serde.policy_summary_to_pb(fed.policy("telco").summary())
+    with channel:
+        with pytest.raises(grpc.RpcError) as enrol:
+            telco.Enrol(node_pb2.EnrolRequest(node_version="x", policy=policy), timeout=10, metadata=other)
+        assert enrol.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already connected from another process" in (enrol.value.details() or "")
+        stream = telco.ReceiveTasks(node_pb2.ReceiveTasksRequest(), timeout=10, metadata=other)
+        with pytest.raises(grpc.RpcError) as tasks:
+            next(stream)
+        assert tasks.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with fed.analyst() as client:
+        assert {n.node_id: n for n in client.nodes()}["telco"].node_version != "x"
 
 
 def test_a_node_cannot_answer_another_nodes_task_and_replays_change_nothing(fed: Federation) -> None:

@@ -12,7 +12,7 @@ import typer
 from tessera.cli import clv_cmd, egress_cmd, identity_cmd, segments_cmd, vault_cmd
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
-from tessera.client.agent import NodeAgent, NodeConfig
+from tessera.client.agent import NodeAgent, NodeConfig, check_identity
 from tessera.client.datasource import CsvDataSource, DataSource
 from tessera.client.outgoing import open_ledgers
 from tessera.client.vault.state import open_node_state
@@ -68,8 +68,9 @@ def serve(
     """Dial out to the coordinator and execute tasks the policy allows, until SIGTERM or Ctrl-C."""
     configure_logging(level=log_level, fmt=log_format, file=log_file)
     tls = TlsFiles.for_identity(pki, "node", name)
-    load_tls(tls)
+    identity = load_tls(tls).identity
     loaded_policy = load_policy(policy)
+    check_identity(loaded_policy, identity.name)
     # The analyses read the vault (decrypting nothing); --data serves raw CSV files instead.
     csv_source = CsvDataSource(parse_data_options(data), loaded_policy) if data else None
     state = open_node_state(state_dir, loaded_policy, db_url=db_url)

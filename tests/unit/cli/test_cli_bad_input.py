@@ -142,3 +142,19 @@ def test_bad_data_option(pki_dir: Path, tmp_path: Path) -> None:
         "customers",
     )
     assert code == 1 and "NAME=PATH" in out
+
+
+def test_a_node_refuses_to_serve_another_partners_policy(pki_dir: Path, tmp_path: Path) -> None:
+    code, out = _run(
+        "node",
+        "serve",
+        "--pki",
+        str(pki_dir),
+        "--name",
+        "telco",
+        "--policy",
+        "policies/bank.yaml",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert code == 1 and "is for partner 'bank' but this node's certificate names 'telco'" in out
