@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -384,41 +385,93 @@ def audit(
 @friendly_errors
 def budget(
     pki: PkiDir,
+    epsilon: Annotated[
+        float | None,
+        typer.Option("--epsilon", help="Show what a next job of this ε costs and whether it fits."),
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option("--delta", help="That job's δ (default: each node's δ).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     user: User = "analyst",
 ) -> None:
     """Privacy budget left per node: one budget for each node's customers, whatever dataset a release
-    read (the coordinator's mirror; each node is the authority)."""
+    read (the coordinator's mirror; each node is the authority). Budgets compose in zCDP (ρ), so
+    "ε left" is not what a next job may ask for: --epsilon shows the ρ such a job costs against
+    the ρ left, and when the rolling period gives budget back."""
+    if epsilon is not None and (not math.isfinite(epsilon) or epsilon <= 0):
+        raise ConfigError("--epsilon must be a positive number")
+    if delta is not None and (not math.isfinite(delta) or not 0 <= delta < 1):
+        raise ConfigError("--delta must be at least 0 and below 1")
     with _client(coordinator, pki, user) as client:
         views = client.budgets()
-    rows = [
-        {
-            "node": v.node_id,
-            "period": v.period,
-            "epsilon_limit": v.epsilon_limit,
-            "epsilon_spent": round(v.epsilon_spent, 4),
-            "epsilon_left": round(v.epsilon_left, 4),
-            "releases": v.releases,
-            "epsilon_per_job": v.epsilon_per_job,
-            "delta": v.delta,
-        }
-        for v in views
-    ]
+    rows = [_budget_row(v, epsilon, delta) for v in views]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="privacy budget per node, all datasets (ε composed in zCDP at each node's δ)")
-    for column in ("node", "period", "ε per period", "ε spent", "ε left", "releases", "ε per job"):
+    table = Table(title="privacy budget per node, all datasets (composed in zCDP, ε at each node's δ)")
+    columns = ["node", "period", "ε per period", "ε spent", "ρ left of limit", "ε per job", "renews"]
+    if epsilon is not None:
+        columns.append(f"next job of ε {epsilon:g}")
+    for column in columns:
         table.add_column(column)
     for r in rows:
-        table.add_row(
+        cells = [
             str(r["node"]),
             str(r["period"]),
             f"{r['epsilon_limit']:g}",
             f"{r['epsilon_spent']:.3f}",
-            f"{r['epsilon_left']:.3f}",
-            str(r["releases"]),
+            f"{r['rho_left']:.3g} of {r['rho_limit']:.3g}",
             f"{r['epsilon_per_job']:g}",
-        )
+            _renewal_text(r),
+        ]
+        if epsilon is not None:
+            verdict = "fits" if r["job_fits"] else "does not fit"
+            if epsilon > r["epsilon_per_job"]:
+                verdict = "above the cap per job"
+            cells.append(f"costs ρ {r['job_rho']:.3g}: {verdict} ({r['jobs_of_that_epsilon_left']} such)")
+        table.add_row(*cells)
     console.print(table)
+
+
+def _budget_row(v: Any, epsilon: float | None, delta: float | None) -> dict[str, Any]:
+    from tessera.core.dp import rho_for
+
+    rho_limit = v.rho_limit or (
+        rho_for(epsilon=v.epsilon_limit, delta=v.delta) if v.epsilon_limit > 0 else 0.0
+    )
+    rho_left = max(0.0, rho_limit - v.rho_spent)
+    row: dict[str, Any] = {
+        "node": v.node_id,
+        "period": v.period,
+        "epsilon_limit": v.epsilon_limit,
+        "epsilon_spent": round(v.epsilon_spent, 4),
+        "epsilon_left": round(v.epsilon_left, 4),
+        "rho_limit": rho_limit,
+        "rho_spent": v.rho_spent,
+        "rho_left": rho_left,
+        "releases": v.releases,
+        "epsilon_per_job": v.epsilon_per_job,
+        "delta": v.delta,
+        "next_renewal": v.next_renewal.ToDatetime(UTC).isoformat() if v.HasField("next_renewal") else None,
+        "next_renewal_rho": v.next_renewal_rho,
+    }
+    if epsilon is not None:
+        job_delta = v.delta if delta is None else delta
+        # What the node charges for a job of (ε, δ): the largest ρ meeting it (ε²/2 when δ = 0).
+        cost = epsilon * epsilon / 2 if job_delta == 0 else rho_for(epsilon=epsilon, delta=job_delta)
+        capped = epsilon > v.epsilon_per_job
+        row["job_epsilon"] = epsilon
+        row["job_delta"] = job_delta
+        row["job_rho"] = cost
+        row["job_fits"] = not capped and cost <= rho_left * (1 + 1e-9)
+        row["jobs_of_that_epsilon_left"] = 0 if capped else int(rho_left * (1 + 1e-9) // cost)
+    return row
+
+
+def _renewal_text(row: dict[str, Any]) -> str:
+    if not row["next_renewal"]:
+        return "nothing spent"
+    when = row["next_renewal"][:16].replace("T", " ")
+    return f"ρ {row['next_renewal_rho']:.3g} on {when} UTC"
