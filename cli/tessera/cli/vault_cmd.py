@@ -90,6 +90,20 @@ def _save_report(state: NodeState, report: IngestReport) -> Path:
 
 
 def _print_report(report: IngestReport) -> None:
+    if report.status == "already_ingested":
+        held_back = report.rows_conflicted + report.rows_erased + report.rows_rejected
+        console.print(
+            f"{report.dataset}: this file was already ingested with this mapping; nothing written, "
+            f"{report.rows_unchanged} row(s) unchanged"
+            + (
+                f"; refused as before: {report.rows_conflicted} in merge conflicts, "
+                f"{report.rows_erased} of erased customers, {report.rows_rejected} invalid"
+                if held_back
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"{report.dataset}: {report.status}; rows read {report.rows_read}, written {report.rows_written}, "
         f"rejected {report.rows_rejected}, unchanged {report.rows_unchanged}; customers created "

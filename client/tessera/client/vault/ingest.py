@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -145,9 +145,7 @@ class Ingestor:
         with self._sessions.begin() as session:
             run = session.get(IngestRun, run_id)
             if run is not None and run.status == "done":
-                report = IngestReport.from_dict(json.loads(run.report or "{}"))
-                report.status = "already_ingested"
-                return report
+                return _already_ingested(IngestReport.from_dict(json.loads(run.report or "{}")))
             skip = run.rows_done if run is not None else 0
         self._refs = {}
         executor: Executor | None = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
@@ -449,6 +447,23 @@ def _find_refs(session: Session, refs: set[str]) -> dict[str, int]:
     if rest:
         found.update(_writer.lookup_unique(session, rest))
     return found
+
+
+def _already_ingested(earlier: IngestReport) -> IngestReport:
+    """What ingesting the same content again does: nothing. The counts are this run's (no row
+    written, every row the first run kept unchanged), never the first run's repeated."""
+    held = earlier.rows_read - earlier.rows_rejected - earlier.rows_erased - earlier.rows_conflicted
+    return replace(
+        earlier,
+        status="already_ingested",
+        rows_written=0,
+        rows_unchanged=held,
+        customers_created=0,
+        customers_updated=0,
+        duplicates_merged=0,
+        merges=[],
+        conflicts=[],
+    )
 
 
 def _add_counts(report: IngestReport, previous: dict[str, Any]) -> None:

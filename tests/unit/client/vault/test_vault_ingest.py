@@ -100,6 +100,19 @@ def _snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+def test_a_re_ingest_reports_what_it_did_not_what_the_first_ingest_did(
+    state: NodeState, tmp_path: Path
+) -> None:
+    _ingest(state, _csv(tmp_path, CUSTOMERS))
+    again = _ingest(state, _csv(tmp_path, CUSTOMERS))
+    assert again.status == "already_ingested"
+    assert (again.rows_written, again.customers_created, again.rows_unchanged) == (0, 0, 3)
+    # The next export changes one customer: one row written (an update), two unchanged.
+    changed = _ingest(state, _csv(tmp_path, CUSTOMERS.replace(",12.5,", ",13.5,"), "next.csv"))
+    assert (changed.status, changed.rows_written, changed.rows_unchanged) == ("done", 1, 2)
+    assert (changed.customers_created, changed.customers_updated) == (0, 1)
+
+
 def test_standardises_and_encrypts(state: NodeState, tmp_path: Path) -> None:
     report = _ingest(state, _csv(tmp_path, CUSTOMERS))
     assert (report.status, report.customers_created, report.rows_written) == ("done", 3, 3)
