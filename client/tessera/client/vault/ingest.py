@@ -211,10 +211,15 @@ class Ingestor:
         for chunk in self._prepared(source, mapping, executor, sample=tuple(checked)):
             report.rows_read += chunk.rows
             errors.extend(chunk.errors)
-            for quality, (present, missing, invalid) in zip(report.fields, chunk.counts, strict=True):
+            for quality, (present, missing, invalid, formulas, future) in zip(
+                report.fields, chunk.counts, strict=True
+            ):
                 quality.present += present
                 quality.missing += missing
                 quality.invalid += invalid
+                quality.formulas += formulas
+                quality.future_dates += future
+            report.warnings.extend(chunk.warnings[: MAX_LISTED - len(report.warnings)])
             for i, sample in samples.items():
                 sample.extend(chunk.samples.get(i, [])[: PII_SAMPLE - len(sample)])
             if mapping.dataset != "customers" and chunk.records:
