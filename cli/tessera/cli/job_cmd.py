@@ -14,7 +14,7 @@ from rich.table import Table
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyses_cmd import param_kinds
 from tessera.cli.analyst_client import AnalystClient
-from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User
+from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User, check_address
 from tessera.core import serde
 from tessera.core.errors import ConfigError, InvalidRequest
 from tessera.core.types import JobSpec, JobState, ParamValue
@@ -23,7 +23,7 @@ app = typer.Typer(help="Submit and follow jobs (analysts).", no_args_is_help=Tru
 
 
 def _client(coordinator: str, pki: PkiDir, user: str) -> AnalystClient:
-    return AnalystClient.from_pki(coordinator, pki, user)
+    return AnalystClient.from_pki(check_address(coordinator, option="--coordinator"), pki, user)
 
 
 def _param(text: str, kinds: dict[str, str] | None = None) -> tuple[str, ParamValue]:

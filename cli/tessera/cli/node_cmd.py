@@ -11,7 +11,15 @@ import typer
 
 from tessera.cli import clv_cmd, egress_cmd, identity_cmd, segments_cmd, vault_cmd
 from tessera.cli._common import console, friendly_errors
-from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
+from tessera.cli.options import (
+    DEFAULT_COORDINATOR,
+    Coordinator,
+    LogFile,
+    LogFormat,
+    LogLevel,
+    PkiDir,
+    check_address,
+)
 from tessera.client.agent import NodeAgent, NodeConfig, check_identity
 from tessera.client.datasource import CsvDataSource, DataSource
 from tessera.client.outgoing import open_ledgers
@@ -66,6 +74,7 @@ def serve(
     log_level: LogLevel = "info",
 ) -> None:
     """Dial out to the coordinator and execute tasks the policy allows, until SIGTERM or Ctrl-C."""
+    check_address(coordinator, option="--coordinator")
     configure_logging(level=log_level, fmt=log_format, file=log_file)
     tls = TlsFiles.for_identity(pki, "node", name)
     identity = load_tls(tls).identity
