@@ -11,10 +11,6 @@ import typer
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, LogFile, LogFormat, LogLevel, PkiDir, check_address
-from tessera.core.logs import configure_logging
-from tessera.core.pki import TlsFiles
-from tessera.server.app import Coordinator, CoordinatorConfig
-from tessera.server.store import open_store
 
 app = typer.Typer(help="Run the central coordinator.", no_args_is_help=True)
 
@@ -41,6 +37,11 @@ def serve(
 ) -> None:
     """Serve the node and analyst services over mTLS until SIGTERM or Ctrl-C."""
     from datetime import timedelta
+
+    from tessera.core.logs import configure_logging
+    from tessera.core.pki import TlsFiles
+    from tessera.server.app import Coordinator, CoordinatorConfig
+    from tessera.server.store import open_store
 
     check_address(listen, option="--listen", any_port=True)
     configure_logging(level=log_level, fmt=log_format, file=log_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
@@ -13,16 +13,19 @@ from rich.table import Table
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyses_cmd import param_kinds
-from tessera.cli.analyst_client import AnalystClient
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User, check_address
-from tessera.core import serde
 from tessera.core.errors import ConfigError, InvalidRequest
 from tessera.core.types import JobSpec, JobState, ParamValue
+
+if TYPE_CHECKING:  # gRPC and protobuf are imported by the commands that talk to a coordinator
+    from tessera.cli.analyst_client import AnalystClient
 
 app = typer.Typer(help="Submit and follow jobs (analysts).", no_args_is_help=True)
 
 
 def _client(coordinator: str, pki: PkiDir, user: str) -> AnalystClient:
+    from tessera.cli.analyst_client import AnalystClient
+
     return AnalystClient.from_pki(check_address(coordinator, option="--coordinator"), pki, user)
 
 
@@ -98,6 +101,12 @@ def submit(
         raise typer.Exit(1)  # scripts that wait for a job must see that it did not succeed
 
 
+def _state(value: int) -> JobState:
+    from tessera.core import serde
+
+    return serde.state_from_pb(value)  # type: ignore[arg-type]
+
+
 def _watch(client: AnalystClient, job_id: str) -> JobState:
     state = JobState.PENDING
     with Progress(
@@ -109,7 +118,7 @@ def _watch(client: AnalystClient, job_id: str) -> JobState:
     ) as progress:
         bar = progress.add_task(f"job {job_id}", total=None)
         for event in client.watch(job_id):
-            state = serde.state_from_pb(event.state)
+            state = _state(event.state)
             if event.expected:
                 progress.update(bar, total=event.expected, completed=event.done)
             progress.console.print(
@@ -322,7 +331,7 @@ def list_jobs(
         table.add_row(
             job.job_id,
             job.spec.analysis,
-            serde.state_from_pb(job.state).value,
+            _state(job.state).value,
             job.submitted_by,
             f"{job.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}",
             job.status_detail,
@@ -338,7 +347,7 @@ def cancel(
     """Cancel a job that has not ended."""
     with _client(coordinator, pki, user) as client:
         job = client.cancel(job_id)
-    console.print(f"job {job.job_id} {serde.state_from_pb(job.state).value}")
+    console.print(f"job {job.job_id} {_state(job.state).value}")
 
 
 @friendly_errors
