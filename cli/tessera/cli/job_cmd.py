@@ -420,16 +420,15 @@ def budget(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="privacy budget per node, all datasets (composed in zCDP, ε at each node's δ)")
-    columns = ["node", "period", "ε per period", "ε spent", "ρ left of limit", "ε per job", "renews"]
+    columns = ["node", "ε per period", "ε spent", "ρ left of limit", "ε per job", "renews (UTC)"]
     if epsilon is not None:
-        columns.append(f"next job of ε {epsilon:g}")
+        columns.append(f"a job of ε {epsilon:g} costs")
     for column in columns:
         table.add_column(column)
     for r in rows:
         cells = [
             str(r["node"]),
-            str(r["period"]),
-            f"{r['epsilon_limit']:g}",
+            f"{r['epsilon_limit']:g} per {r['period']}",
             f"{r['epsilon_spent']:.3f}",
             f"{r['rho_left']:.3g} of {r['rho_limit']:.3g}",
             f"{r['epsilon_per_job']:g}",
@@ -439,7 +438,7 @@ def budget(
             verdict = "fits" if r["job_fits"] else "does not fit"
             if epsilon > r["epsilon_per_job"]:
                 verdict = "above the cap per job"
-            cells.append(f"costs ρ {r['job_rho']:.3g}: {verdict} ({r['jobs_of_that_epsilon_left']} such)")
+            cells.append(f"ρ {r['job_rho']:.3g}: {verdict} ({r['jobs_of_that_epsilon_left']} such)")
         table.add_row(*cells)
     console.print(table)
 
@@ -482,5 +481,4 @@ def _budget_row(v: Any, epsilon: float | None, delta: float | None) -> dict[str,
 def _renewal_text(row: dict[str, Any]) -> str:
     if not row["next_renewal"]:
         return "nothing spent"
-    when = row["next_renewal"][:16].replace("T", " ")
-    return f"ρ {row['next_renewal_rho']:.3g} on {when} UTC"
+    return f"{row['next_renewal'][:10]}: ρ {row['next_renewal_rho']:.3g} back"

@@ -98,4 +98,4 @@ def test_what_a_next_job_of_an_epsilon_costs_against_the_rho_left(
     (capped,) = json.loads(CliRunner().invoke(app, [*base, "--epsilon", "0.6"]).output)
     assert not capped["job_fits"] and capped["jobs_of_that_epsilon_left"] == 0
     table = CliRunner().invoke(app, [*base[:-1], "--epsilon", "0.28"], env={"COLUMNS": "200"}).output
-    assert "costs ρ 0.00223: fits (5 such)" in table and "2026-12-03 09:30 UTC" in table
+    assert "ρ 0.00223: fits (5 such)" in table and "2026-12-03: ρ 0.006 back" in table
