@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tessera.core.errors import AuthError, Conflict
-from tessera.core.types import JobSpec, JobState, PeerIdentity, PolicySummary
+from tessera.core.errors import AuthError, Conflict, InvalidRequest
+from tessera.core.types import (
+    DatasetSchema,
+    FieldSchema,
+    JobSpec,
+    JobState,
+    PeerIdentity,
+    PolicySummary,
+    Tier,
+)
 from tessera.server.jobs import JobService
 from tessera.server.notifier import Notifier
 from tessera.server.store import SqlStore, open_store
@@ -109,3 +117,26 @@ def test_a_hopeless_job_names_each_node_and_its_reason(store: SqlStore) -> None:
     assert "retailer has too little budget left this 30-day period (the job costs ρ" in text
     assert "telco is offline" in text
     assert store.list_jobs(limit=10) == []  # refused jobs are never created
+
+
+def test_absurd_clip_bounds_are_refused_before_the_job_exists(store: SqlStore) -> None:
+    spend = DatasetSchema("customers", (FieldSchema("monthly_spend", "float", Tier.GENERAL_SENSITIVE),))
+    for name in NODES:
+        store.upsert_node(
+            name, node_version="t", policy=_summary(allowed_analyses=("sum",)), datasets=[spend], now=T0
+        )
+    jobs = _service(store)
+    params = {"field": "monthly_spend", "lower": 0.0, "upper": 1e308}
+    spec = JobSpec(
+        analysis="sum", dataset="customers", purpose="research", epsilon=1.0, delta=1e-6, params=params
+    )
+    # Once accepted, it failed inside the round (ZeroDivisionError) after every node was charged.
+    with pytest.raises(InvalidRequest, match="must lie within"):
+        jobs.submit(spec, actor=_peer("alice"))
+    assert store.list_jobs(limit=10) == []
+    fine = JobSpec(**{**_fields(spec), "params": {**params, "upper": 300.0}})
+    assert jobs.submit(fine, actor=_peer("alice")).state is JobState.RUNNING
+
+
+def _fields(spec: JobSpec) -> dict[str, object]:
+    return {f: getattr(spec, f) for f in ("analysis", "dataset", "purpose", "epsilon", "delta")}
