@@ -57,6 +57,7 @@ class JobService:
         job_timeout: timedelta = timedelta(minutes=30),
         node_silence: timedelta = timedelta(seconds=10),
         connected: Callable[[str], bool] = lambda node_id: True,
+        left: Callable[[str], bool] = lambda node_id: False,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -69,6 +70,9 @@ class JobService:
         # Whether a node has a task stream open now (the server's presence); a node that dropped
         # rejoins a job only once it is connected again.
         self.connected = connected
+        # Whether a node's task stream closed and it has not come back (it is offline now, even
+        # while its last heartbeat is recent): such a node is not chosen for a new job.
+        self.left = left
         # One coordinator process owns job transitions; a lock per job keeps concurrent answers
         # from racing to finish the same stage, while answers of different jobs go side by side.
         self._locks = JobLocks()
@@ -184,7 +188,9 @@ class JobService:
 
     def _online(self, node: NodeRecord, now: datetime) -> bool:
         # A task stream open now, or (between enrolling and opening its stream) a recent heartbeat.
-        return self.connected(node.node_id) or node.last_seen >= now - self.node_silence
+        if self.connected(node.node_id):
+            return True
+        return not self.left(node.node_id) and node.last_seen >= now - self.node_silence
 
     def _initial_state(self, spec: JobSpec, nodes: Sequence[NodeRecord]) -> DriverState:
         """The DP job's quorum, margins and first round, checked before the job exists."""

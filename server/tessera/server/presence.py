@@ -89,6 +89,11 @@ class Presence:
         with self._lock:
             return node_id in self._streams
 
+    def left(self, node_id: str) -> bool:
+        """Whether the node's last task stream closed and it has opened none since."""
+        with self._lock:
+            return node_id in self._closed
+
     def disconnected(self, before: datetime) -> frozenset[str]:
         """Nodes whose last task stream closed before ``before`` and that opened none since."""
         with self._lock:

@@ -54,9 +54,15 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
     s.close()
 
 
-def _service(store: SqlStore, *, offline: frozenset[str] = frozenset()) -> JobService:
+def _service(
+    store: SqlStore, *, offline: frozenset[str] = frozenset(), left: frozenset[str] = frozenset()
+) -> JobService:
     return JobService(
-        store, clock=lambda: T0, notifier=Notifier(), connected=lambda node: node not in offline
+        store,
+        clock=lambda: T0,
+        notifier=Notifier(),
+        connected=lambda node: node not in offline | left,
+        left=lambda node: node in left,
     )
 
 
@@ -91,6 +97,14 @@ def test_offline_nodes_are_not_asked(store: SqlStore) -> None:
     named = JobSpec(analysis="inventory", purpose="research", participants=NODES)
     with pytest.raises(Conflict, match="telco is offline"):
         jobs.submit(named, actor=_peer("alice"))
+
+
+def test_a_node_whose_stream_closed_is_offline_though_its_last_beat_is_recent(store: SqlStore) -> None:
+    for name in NODES:
+        _enrol(store, name)  # every node beat just now
+    jobs = _service(store, left=frozenset({"telco"}))  # telco's process stopped a moment ago
+    job = jobs.submit(JobSpec(analysis="inventory", purpose="research"), actor=_peer("alice"))
+    assert job.participants == ("bank", "insurer", "retailer")
 
 
 def test_a_node_that_enrolled_but_has_not_opened_its_stream_yet_is_online(store: SqlStore) -> None:

@@ -25,6 +25,8 @@ def test_a_second_process_is_refused_until_the_first_is_gone(tmp_path: Path) -> 
         assert not presence.stream_opened("bank", "second")  # one stream of the first is open
         presence.stream_closed("bank", T0)
         assert not presence.connected("bank") and not presence.taken("bank", "second")
+        assert presence.left("bank") and not presence.left("telco")
         assert presence.stream_opened("bank", "second")
+        assert not presence.left("bank")
     finally:
         store.close()
