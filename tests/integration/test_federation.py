@@ -104,6 +104,10 @@ def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> 
     assert doc["status"] == "failed"
     assert {v["node_id"] for v in doc["vetoes"]} == set(PARTNERS)
     assert {v["code"] for v in doc["vetoes"]} == {"policy.unknown_dataset"}
+    # Every decision names the policy it was taken under (the compliance officer's link to the file).
+    assert {v["node_id"]: v["policy_hash"] for v in doc["vetoes"]} == {
+        name: fed.policy(name).policy_hash for name in PARTNERS
+    }
     assert "events" in doc["error"]
 
 

@@ -74,7 +74,10 @@ class AnalystClient:
             "analysis": res.analysis,
             "status": serde.state_from_pb(res.state).value,
             "result": json.loads(res.result_json) if res.result_json else None,
-            "vetoes": [{"node_id": v.node_id, "code": v.code, "reason": v.reason} for v in res.vetoes],
+            "vetoes": [
+                {"node_id": v.node_id, "code": v.code, "reason": v.reason, "policy_hash": v.policy_hash}
+                for v in res.vetoes
+            ],
             "error": res.error,
         }
 

@@ -171,7 +171,8 @@ def render_result(doc: dict[str, Any]) -> None:
     if doc["error"]:
         console.print(f"  reason: {doc['error']}")
     for veto in doc["vetoes"]:
-        console.print(f"  veto from [bold]{veto['node_id']}[/] ({veto['code']}): {veto['reason']}")
+        policy = f", policy {veto['policy_hash'][:12]}" if veto.get("policy_hash") else ""
+        console.print(f"  veto from [bold]{veto['node_id']}[/] ({veto['code']}{policy}): {veto['reason']}")
     result_doc = doc.get("result") or {}
     if doc["analysis"] == "inventory" and result_doc:
         tiers = (("core_sensitive", "T1"), ("general_sensitive", "T2"), ("non_sensitive", "T3"))
