@@ -868,8 +868,7 @@ def _summary_refusal(node: NodeRecord, spec: JobSpec, info: AnalysisInfo) -> str
 
 def _budget_refusal(view: BudgetView, spec: JobSpec) -> str:
     rho_cost = float(rho_for(spec.epsilon, spec.delta))
-    rho_left = max(0.0, float(rho_for(view.epsilon_limit, view.delta)) - view.rho_spent)
     return (
         f"has too little budget left this {view.period_days}-day period "
-        f"(the job costs ρ {rho_cost:.3g}, ρ {rho_left:.3g} is left)"
+        f"(the job costs ρ {rho_cost:.3g}, ρ {view.rho_left:.3g} is left)"
     )
