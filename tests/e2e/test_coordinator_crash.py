@@ -74,12 +74,16 @@ def test_job_resumes_after_the_coordinator_is_killed(pki_dir: Path, tmp_path: Pa
             wait_until(
                 lambda: {n.node_id for n in client.nodes() if n.online} >= {"bank", "telco", "retailer"}
             )
-            stop(nodes.pop("retailer"))  # enrolled, but away: the job will wait for it
+            # Connected but frozen: it is asked (offline nodes are not) and the job waits for it.
+            away = nodes.pop("retailer")
+            away.send_signal(signal.SIGSTOP)
             job_id = client.submit(JobSpec(analysis="inventory", purpose="research"))
             wait_until(lambda: client.job(job_id).status_detail.startswith("waiting for 1 "))
 
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        away.kill()  # gone for good; a fresh retailer comes back below
+        away.wait(timeout=10)
         second = coordinator(address)
         procs.append(second)
         wait_file(port_file, second)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from federation import Federation
 
+from tessera.cli.analyst_client import AnalystClient
 from tessera.client.agent import NodeAgent, NodeConfig
 from tessera.client.datasource import CsvDataSource
 from tessera.client.db import node_engine
@@ -63,6 +64,13 @@ def test_a_host_name_mismatch_is_named(tmp_path: Path) -> None:
     try:
         with pytest.raises(PkiError, match=r"not valid for 127\.0\.0\.1 \(it names coord\.example\)"):
             check_coordinator(fed.address, TlsFiles.for_identity(root, "node", "bank"))
+        # An analyst is told the same, not "do both sides trust the same consortium CA?".
+        pki.issue(root, kind="analyst", name="alice", role="analyst")
+        with (
+            AnalystClient.from_pki(fed.address, root, "alice") as client,
+            pytest.raises(PkiError, match=r"not valid for 127\.0\.0\.1 \(it names coord\.example\)"),
+        ):
+            client.nodes()
     finally:
         fed.close()
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from federation import Federation, wait_for
+from federation import DroppingAgent, Federation, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tessera.client.agent import NodeAgent
+from tessera.core import serde
 from tessera.core.errors import AuthError, Conflict, InvalidRequest, NotFound
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.types import JobSpec, JobState
@@ -102,6 +104,10 @@ def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> 
     assert doc["status"] == "failed"
     assert {v["node_id"] for v in doc["vetoes"]} == set(PARTNERS)
     assert {v["code"] for v in doc["vetoes"]} == {"policy.unknown_dataset"}
+    # Every decision names the policy it was taken under (the compliance officer's link to the file).
+    assert {v["node_id"]: v["policy_hash"] for v in doc["vetoes"]} == {
+        name: fed.policy(name).policy_hash for name in PARTNERS
+    }
     assert "events" in doc["error"]
 
 
@@ -162,12 +168,37 @@ def test_oversized_and_malformed_messages_get_errors_not_crashes(fed: Federation
         )
 
 
+def test_a_second_process_under_a_connected_name_is_refused(fed: Federation) -> None:
+    # telco's agent is connected; another process holding telco's certificate must not enrol
+    # (and overwrite its policy) nor open a second task stream (and receive every task too).
+    channel, telco = _node_stub(fed, "telco")
+    other = (("tessera-instance", "another-process"),)
+    policy = serde.policy_summary_to_pb(fed.policy("telco").summary())
+    with channel:
+        with pytest.raises(grpc.RpcError) as enrol:
+            telco.Enrol(node_pb2.EnrolRequest(node_version="x", policy=policy), timeout=10, metadata=other)
+        assert enrol.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already connected from another process" in (enrol.value.details() or "")
+        stream = telco.ReceiveTasks(node_pb2.ReceiveTasksRequest(), timeout=10, metadata=other)
+        with pytest.raises(grpc.RpcError) as tasks:
+            next(stream)
+        assert tasks.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with fed.analyst() as client:
+        assert {n.node_id: n for n in client.nodes()}["telco"].node_version != "x"
+
+
+class _SilentNode(DroppingAgent):
+    drop_at = "local_report"  # connected when the job is planned, gone before it answers
+
+
 def test_a_node_cannot_answer_another_nodes_task_and_replays_change_nothing(fed: Federation) -> None:
     fed.stop_node("bank")
+    fed.start_node("bank", agent_class=_SilentNode)
     try:
         with fed.analyst() as client:
             job_id = client.submit(JobSpec(analysis="inventory", dataset="customers", purpose="research"))
             wait_for(lambda: client.job(job_id).status_detail.startswith("waiting for 1 "))
+            fed.stop_node("bank")
             bank_task = f"{job_id}-r1-local_report-bank"
             forged = node_pb2.RoundMessage(
                 task_id=bank_task,
@@ -204,6 +235,8 @@ def test_a_node_cannot_answer_another_nodes_task_and_replays_change_nothing(fed:
                 assert telco.SubmitRoundMessage(replay, timeout=10).accepted is False
             assert json.loads(client.result(job_id).result_json)["nodes"]["telco"]["node_version"] != "0"
     finally:
+        if isinstance(fed.agents.get("bank"), _SilentNode):
+            fed.stop_node("bank")
         if "bank" not in fed.agents:
             fed.start_node("bank")
 
@@ -213,8 +246,8 @@ def test_stage_deadline_fails_the_job_naming_the_silent_node(pki_dir: Path, tmp_
     try:
         fed.start_coordinator(stage_timeout=1.0)
         for name in PARTNERS:
-            fed.start_node(name)
-        fed.stop_node("retailer")
+            # retailer is connected when the job is planned and stops when its task arrives
+            fed.start_node(name, agent_class=_SilentNode if name == "retailer" else NodeAgent)
         doc = _run(fed, JobSpec(analysis="inventory", purpose="research"))
         assert doc["status"] == "failed"
         assert "retailer" in doc["error"] and "deadline" in doc["error"]

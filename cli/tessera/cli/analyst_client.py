@@ -10,8 +10,10 @@ from typing import Any
 import grpc
 
 from tessera.core import serde
+from tessera.core.errors import PkiError, TesseraError, Unavailable
 from tessera.core.grpc_status import MAX_MESSAGE_BYTES, from_rpc_error
 from tessera.core.pki import TlsFiles, channel_credentials, load_tls
+from tessera.core.pki.server_check import check_coordinator
 from tessera.core.types import JobSpec
 from tessera.v1 import analyst_pb2, analyst_pb2_grpc
 
@@ -20,6 +22,7 @@ class AnalystClient:
     def __init__(self, target: str, tls: TlsFiles, *, timeout_s: float = 15.0) -> None:
         load_tls(tls)  # one plain sentence for a missing, foreign or expired certificate
         self.target = target
+        self.tls = tls
         self.timeout_s = timeout_s
         self._channel = grpc.secure_channel(
             target,
@@ -48,7 +51,18 @@ class AnalystClient:
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, target=self.target) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> TesseraError:
+        error = from_rpc_error(exc, target=self.target)
+        if isinstance(error, Unavailable):
+            # gRPC says only "unavailable": our own handshake tells a coordinator certificate that
+            # names another host, comes from another CA or is revoked from one that is not there.
+            try:
+                check_coordinator(self.target, self.tls)
+            except PkiError as cause:
+                return cause
+        return error
 
     def submit(self, spec: JobSpec) -> str:
         response = self._call("SubmitJob", analyst_pb2.SubmitJobRequest(spec=serde.job_spec_to_pb(spec)))
@@ -74,7 +88,10 @@ class AnalystClient:
             "analysis": res.analysis,
             "status": serde.state_from_pb(res.state).value,
             "result": json.loads(res.result_json) if res.result_json else None,
-            "vetoes": [{"node_id": v.node_id, "code": v.code, "reason": v.reason} for v in res.vetoes],
+            "vetoes": [
+                {"node_id": v.node_id, "code": v.code, "reason": v.reason, "policy_hash": v.policy_hash}
+                for v in res.vetoes
+            ],
             "error": res.error,
         }
 
@@ -95,4 +112,4 @@ class AnalystClient:
         try:
             yield from self._stub.WatchJob(analyst_pb2.WatchJobRequest(job_id=job_id), timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, target=self.target) from None
+            raise self._error(exc) from None

@@ -10,11 +10,7 @@ from typing import Annotated
 import typer
 
 from tessera.cli._common import console, friendly_errors
-from tessera.cli.options import DEFAULT_COORDINATOR, LogFile, LogFormat, LogLevel, PkiDir
-from tessera.core.logs import configure_logging
-from tessera.core.pki import TlsFiles
-from tessera.server.app import Coordinator, CoordinatorConfig
-from tessera.server.store import open_store
+from tessera.cli.options import DEFAULT_COORDINATOR, LogFile, LogFormat, LogLevel, PkiDir, check_address
 
 app = typer.Typer(help="Run the central coordinator.", no_args_is_help=True)
 
@@ -42,6 +38,12 @@ def serve(
     """Serve the node and analyst services over mTLS until SIGTERM or Ctrl-C."""
     from datetime import timedelta
 
+    from tessera.core.logs import configure_logging
+    from tessera.core.pki import TlsFiles
+    from tessera.server.app import Coordinator, CoordinatorConfig
+    from tessera.server.store import open_store
+
+    check_address(listen, option="--listen", any_port=True)
     configure_logging(level=log_level, fmt=log_format, file=log_file)
     store = open_store(db)
     config = CoordinatorConfig(

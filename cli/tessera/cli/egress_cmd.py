@@ -186,6 +186,7 @@ def budget(
             raise ConfigError("--epsilon must be a positive number")
         per_job = job_rho(epsilon=epsilon, delta=limits.delta)
         doc["job_epsilon"] = epsilon
+        doc["job_rho"] = per_job
         doc["job_fits"] = epsilon <= limits.epsilon_per_job and epsilon <= status.largest_job_epsilon + 1e-12
         doc["jobs_of_that_epsilon_left"] = 0 if epsilon > limits.epsilon_per_job else int(rho_left // per_job)
     if as_json:
@@ -204,7 +205,10 @@ def budget(
     if epsilon is not None:
         verdict = "fits" if doc["job_fits"] else "does not fit"
         count = doc["jobs_of_that_epsilon_left"]
-        console.print(f"a job of ε {epsilon:g} {verdict}; {count} such job(s) fit in what is left")
+        console.print(
+            f"a job of ε {epsilon:g} costs ρ {doc['job_rho']:.3g} of the ρ {rho_left:.3g} left: "
+            f"{verdict}; {count} such job(s) fit in what is left"
+        )
     if doc["next_renewal"]:
         when = doc["next_renewal"][:16].replace("T", " ")
         console.print(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
@@ -12,17 +13,20 @@ from rich.table import Table
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyses_cmd import param_kinds
-from tessera.cli.analyst_client import AnalystClient
-from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User
-from tessera.core import serde
+from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User, check_address
 from tessera.core.errors import ConfigError, InvalidRequest
 from tessera.core.types import JobSpec, JobState, ParamValue
+
+if TYPE_CHECKING:  # gRPC and protobuf are imported by the commands that talk to a coordinator
+    from tessera.cli.analyst_client import AnalystClient
 
 app = typer.Typer(help="Submit and follow jobs (analysts).", no_args_is_help=True)
 
 
 def _client(coordinator: str, pki: PkiDir, user: str) -> AnalystClient:
-    return AnalystClient.from_pki(coordinator, pki, user)
+    from tessera.cli.analyst_client import AnalystClient
+
+    return AnalystClient.from_pki(check_address(coordinator, option="--coordinator"), pki, user)
 
 
 def _param(text: str, kinds: dict[str, str] | None = None) -> tuple[str, ParamValue]:
@@ -92,8 +96,15 @@ def submit(
     with _client(coordinator, pki, user) as client:
         job_id = client.submit(spec)
         console.print(f"submitted job [bold]{job_id}[/] ({analysis})")
-        if watch:
-            _watch(client, job_id)
+        state = _watch(client, job_id) if watch else None
+    if state is not None and state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)  # scripts that wait for a job must see that it did not succeed
+
+
+def _state(value: int) -> JobState:
+    from tessera.core import serde
+
+    return serde.state_from_pb(value)  # type: ignore[arg-type]
 
 
 def _watch(client: AnalystClient, job_id: str) -> JobState:
@@ -107,15 +118,16 @@ def _watch(client: AnalystClient, job_id: str) -> JobState:
     ) as progress:
         bar = progress.add_task(f"job {job_id}", total=None)
         for event in client.watch(job_id):
-            state = serde.state_from_pb(event.state)
+            state = _state(event.state)
             if event.expected:
                 progress.update(bar, total=event.expected, completed=event.done)
             progress.console.print(
                 f"  [dim]{event.at.ToDatetime():%H:%M:%S}[/] {state.value:<9} {event.message}"
             )
             if state.terminal:
-                if state is JobState.SUCCEEDED and event.expected:
-                    progress.update(bar, completed=event.expected)
+                total = progress.tasks[0].total or event.expected
+                if state is JobState.SUCCEEDED and total:  # the last event carries no count
+                    progress.update(bar, total=total, completed=total)
                 break
     colour = "green" if state is JobState.SUCCEEDED else "red"
     console.print(f"job {job_id} [bold {colour}]{state.value}[/]")
@@ -159,7 +171,8 @@ def render_result(doc: dict[str, Any]) -> None:
     if doc["error"]:
         console.print(f"  reason: {doc['error']}")
     for veto in doc["vetoes"]:
-        console.print(f"  veto from [bold]{veto['node_id']}[/] ({veto['code']}): {veto['reason']}")
+        policy = f", policy {veto['policy_hash'][:12]}" if veto.get("policy_hash") else ""
+        console.print(f"  veto from [bold]{veto['node_id']}[/] ({veto['code']}{policy}): {veto['reason']}")
     result_doc = doc.get("result") or {}
     if doc["analysis"] == "inventory" and result_doc:
         tiers = (("core_sensitive", "T1"), ("general_sensitive", "T2"), ("non_sensitive", "T3"))
@@ -319,7 +332,7 @@ def list_jobs(
         table.add_row(
             job.job_id,
             job.spec.analysis,
-            serde.state_from_pb(job.state).value,
+            _state(job.state).value,
             job.submitted_by,
             f"{job.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}",
             job.status_detail,
@@ -335,7 +348,7 @@ def cancel(
     """Cancel a job that has not ended."""
     with _client(coordinator, pki, user) as client:
         job = client.cancel(job_id)
-    console.print(f"job {job.job_id} {serde.state_from_pb(job.state).value}")
+    console.print(f"job {job.job_id} {_state(job.state).value}")
 
 
 @friendly_errors
@@ -382,41 +395,91 @@ def audit(
 @friendly_errors
 def budget(
     pki: PkiDir,
+    epsilon: Annotated[
+        float | None,
+        typer.Option("--epsilon", help="Show what a next job of this ε costs and whether it fits."),
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option("--delta", help="That job's δ (default: each node's δ).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     coordinator: Coordinator = DEFAULT_COORDINATOR,
     user: User = "analyst",
 ) -> None:
     """Privacy budget left per node: one budget for each node's customers, whatever dataset a release
-    read (the coordinator's mirror; each node is the authority)."""
+    read (the coordinator's mirror; each node is the authority). Budgets compose in zCDP (ρ), so
+    "ε left" is not what a next job may ask for: --epsilon shows the ρ such a job costs against
+    the ρ left, and when the rolling period gives budget back."""
+    if epsilon is not None and (not math.isfinite(epsilon) or epsilon <= 0):
+        raise ConfigError("--epsilon must be a positive number")
+    if delta is not None and (not math.isfinite(delta) or not 0 <= delta < 1):
+        raise ConfigError("--delta must be at least 0 and below 1")
     with _client(coordinator, pki, user) as client:
         views = client.budgets()
-    rows = [
-        {
-            "node": v.node_id,
-            "period": v.period,
-            "epsilon_limit": v.epsilon_limit,
-            "epsilon_spent": round(v.epsilon_spent, 4),
-            "epsilon_left": round(v.epsilon_left, 4),
-            "releases": v.releases,
-            "epsilon_per_job": v.epsilon_per_job,
-            "delta": v.delta,
-        }
-        for v in views
-    ]
+    rows = [_budget_row(v, epsilon, delta) for v in views]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="privacy budget per node, all datasets (ε composed in zCDP at each node's δ)")
-    for column in ("node", "period", "ε per period", "ε spent", "ε left", "releases", "ε per job"):
+    table = Table(title="privacy budget per node, all datasets (composed in zCDP, ε at each node's δ)")
+    columns = ["node", "ε per period", "ε spent", "ρ left of limit", "ε per job", "renews (UTC)"]
+    if epsilon is not None:
+        columns.append(f"a job of ε {epsilon:g} costs")
+    for column in columns:
         table.add_column(column)
     for r in rows:
-        table.add_row(
+        cells = [
             str(r["node"]),
-            str(r["period"]),
-            f"{r['epsilon_limit']:g}",
+            f"{r['epsilon_limit']:g} per {r['period']}",
             f"{r['epsilon_spent']:.3f}",
-            f"{r['epsilon_left']:.3f}",
-            str(r["releases"]),
+            f"{r['rho_left']:.3g} of {r['rho_limit']:.3g}",
             f"{r['epsilon_per_job']:g}",
-        )
+            _renewal_text(r),
+        ]
+        if epsilon is not None:
+            verdict = "fits" if r["job_fits"] else "does not fit"
+            if epsilon > r["epsilon_per_job"]:
+                verdict = "above the cap per job"
+            cells.append(f"ρ {r['job_rho']:.3g}: {verdict} ({r['jobs_of_that_epsilon_left']} such)")
+        table.add_row(*cells)
     console.print(table)
+
+
+def _budget_row(v: Any, epsilon: float | None, delta: float | None) -> dict[str, Any]:
+    from tessera.core.dp import rho_for
+
+    rho_limit = v.rho_limit or (
+        rho_for(epsilon=v.epsilon_limit, delta=v.delta) if v.epsilon_limit > 0 else 0.0
+    )
+    rho_left = max(0.0, rho_limit - v.rho_spent)
+    row: dict[str, Any] = {
+        "node": v.node_id,
+        "period": v.period,
+        "epsilon_limit": v.epsilon_limit,
+        "epsilon_spent": round(v.epsilon_spent, 4),
+        "epsilon_left": round(v.epsilon_left, 4),
+        "rho_limit": rho_limit,
+        "rho_spent": v.rho_spent,
+        "rho_left": rho_left,
+        "releases": v.releases,
+        "epsilon_per_job": v.epsilon_per_job,
+        "delta": v.delta,
+        "next_renewal": v.next_renewal.ToDatetime(UTC).isoformat() if v.HasField("next_renewal") else None,
+        "next_renewal_rho": v.next_renewal_rho,
+    }
+    if epsilon is not None:
+        job_delta = v.delta if delta is None else delta
+        # What the node charges for a job of (ε, δ): the largest ρ meeting it (ε²/2 when δ = 0).
+        cost = epsilon * epsilon / 2 if job_delta == 0 else rho_for(epsilon=epsilon, delta=job_delta)
+        capped = epsilon > v.epsilon_per_job
+        row["job_epsilon"] = epsilon
+        row["job_delta"] = job_delta
+        row["job_rho"] = cost
+        row["job_fits"] = not capped and cost <= rho_left * (1 + 1e-9)
+        row["jobs_of_that_epsilon_left"] = 0 if capped else int(rho_left * (1 + 1e-9) // cost)
+    return row
+
+
+def _renewal_text(row: dict[str, Any]) -> str:
+    if not row["next_renewal"]:
+        return "nothing spent"
+    return f"{row['next_renewal'][:10]}: ρ {row['next_renewal_rho']:.3g} back"

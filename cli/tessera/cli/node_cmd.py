@@ -1,32 +1,68 @@
-"""`tessera node serve`."""
+"""`tessera node …`: serve, and the operator commands of the vault, ledgers and local models."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
 
-from tessera.cli import clv_cmd, egress_cmd, identity_cmd, segments_cmd, vault_cmd
 from tessera.cli._common import console, friendly_errors
-from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
-from tessera.client.agent import NodeAgent, NodeConfig
-from tessera.client.datasource import CsvDataSource, DataSource
-from tessera.client.outgoing import open_ledgers
-from tessera.client.vault.state import open_node_state
+from tessera.cli.lazy import LazyCommand, LazyGroup
+from tessera.cli.options import (
+    DEFAULT_COORDINATOR,
+    Coordinator,
+    LogFile,
+    LogFormat,
+    LogLevel,
+    PkiDir,
+    check_address,
+)
 from tessera.core.errors import ConfigError
-from tessera.core.logs import configure_logging
-from tessera.core.pki import TlsFiles, load_tls
-from tessera.core.policy import load_policy
 
-app = typer.Typer(help="Run a partner's node beside its data.", no_args_is_help=True)
-vault_cmd.register(app)  # init, ingest, quality, rotate-keys, purge, erase, lookup, egress
-app.command("clv")(clv_cmd.clv)  # predictions from a released clv_fit model, at home
-segments_cmd.register(app)  # segments: label this node's customers with a released model
-identity_cmd.register(app)  # merges, unmerge
-egress_cmd.register(app)  # egress report|verify, budget
+
+def _cmd(module: str, attribute: str, text: str) -> LazyCommand:
+    return LazyCommand(f"tessera.cli.{module}", attribute, text)
+
+
+class NodeGroup(LazyGroup):
+    """`tessera node …`: each command's module (SQLAlchemy, crypto, numpy) is imported when it runs."""
+
+    lazy: ClassVar[Mapping[str, LazyCommand]] = {
+        "init": _cmd(
+            "vault_cmd", "init", "Create the node's state folder: key file, vault keys and tables, ledgers."
+        ),
+        "ingest": _cmd("vault_cmd", "ingest", "Ingest a CSV file or a database table/query into the vault."),
+        "quality": _cmd("vault_cmd", "quality", "Data-quality report of the vault and of the last ingest."),
+        "rotate-keys": _cmd(
+            "vault_cmd", "rotate_keys", "Re-wrap the data keys, or re-encrypt every protected value."
+        ),
+        "purge": _cmd(
+            "vault_cmd", "purge", "Apply the policy's retention: remove data older than retention_days."
+        ),
+        "erase": _cmd(
+            "vault_cmd", "erase", "Remove one customer everywhere in the vault; leaves a tombstone."
+        ),
+        "lookup": _cmd("vault_cmd", "lookup", "Decrypt one customer's record on this node (audited)."),
+        "clv": _cmd("clv_cmd", "clv", "Predict purchases, P(alive) and CLV of this node's customers."),
+        "segments": _cmd("segments_cmd", "segments", "Label this node's customers with a released model."),
+        "merges": _cmd(
+            "identity_cmd", "merges", "List One ID's merges: kept and merged customer, rules, rows."
+        ),
+        "unmerge": _cmd(
+            "identity_cmd", "unmerge", "Undo one merge: what it brought becomes its own customer."
+        ),
+        "egress": _cmd("egress_cmd", "egress_app", "The node's egress ledger: what left the node and why."),
+        "budget": _cmd(
+            "egress_cmd", "budget", "The node's own privacy budget and what a next job can afford."
+        ),
+    }
+
+
+app = typer.Typer(help="Run a partner's node beside its data.", no_args_is_help=True, cls=NodeGroup)
 
 
 def parse_data_options(values: list[str]) -> dict[str, Path]:
@@ -66,10 +102,20 @@ def serve(
     log_level: LogLevel = "info",
 ) -> None:
     """Dial out to the coordinator and execute tasks the policy allows, until SIGTERM or Ctrl-C."""
+    from tessera.client.agent import NodeAgent, NodeConfig, check_identity
+    from tessera.client.datasource import CsvDataSource, DataSource
+    from tessera.client.outgoing import open_ledgers
+    from tessera.client.vault.state import open_node_state
+    from tessera.core.logs import configure_logging
+    from tessera.core.pki import TlsFiles, load_tls
+    from tessera.core.policy import load_policy
+
+    check_address(coordinator, option="--coordinator")
     configure_logging(level=log_level, fmt=log_format, file=log_file)
     tls = TlsFiles.for_identity(pki, "node", name)
-    load_tls(tls)
+    identity = load_tls(tls).identity
     loaded_policy = load_policy(policy)
+    check_identity(loaded_policy, identity.name)
     # The analyses read the vault (decrypting nothing); --data serves raw CSV files instead.
     csv_source = CsvDataSource(parse_data_options(data), loaded_policy) if data else None
     state = open_node_state(state_dir, loaded_policy, db_url=db_url)

@@ -90,6 +90,21 @@ def _save_report(state: NodeState, report: IngestReport) -> Path:
 
 
 def _print_report(report: IngestReport) -> None:
+    if report.status == "already_ingested":
+        held_back = report.rows_conflicted + report.rows_erased + report.rows_rejected
+        console.print(
+            f"{report.dataset}: this file was already ingested with this mapping; nothing written, "
+            f"{report.rows_unchanged} row(s) unchanged"
+            + (
+                f"; refused as before: {report.rows_conflicted} in merge conflicts, "
+                f"{report.rows_erased} of erased customers, {report.rows_rejected} invalid"
+                if held_back
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        _print_flags(report)
+        return
     console.print(
         f"{report.dataset}: {report.status}; rows read {report.rows_read}, written {report.rows_written}, "
         f"rejected {report.rows_rejected}, unchanged {report.rows_unchanged}; customers created "
@@ -97,6 +112,7 @@ def _print_report(report: IngestReport) -> None:
         f"{report.duplicates_merged}; refused: {report.rows_conflicted} in merge conflicts, "
         f"{report.rows_erased} of erased customers"
     )
+    _print_flags(report)
     if report.merges:
         merged = Table(
             "merge", "kind", "kept", "merged", "matched by", "rows", title="merges (undo: node unmerge)"
@@ -133,6 +149,26 @@ def _print_report(report: IngestReport) -> None:
         for e in report.errors[:50]:
             errors.add_row(str(e.row), e.column or "", e.reason)
         console.print(errors)
+
+
+def _print_flags(report: IngestReport) -> None:
+    """Values accepted as written but worth a look: spreadsheet formulas and dates in the future."""
+    counts = [
+        f"{f.field}: {what}"
+        for f in report.fields
+        for what in (
+            f"{f.formulas} spreadsheet formula(s)" if f.formulas else "",
+            f"{f.future_dates} date(s) in the future" if f.future_dates else "",
+        )
+        if what
+    ]
+    if not counts:
+        return
+    console.print(f"[yellow]flagged[/] (accepted as written; check the source): {'; '.join(counts)}")
+    table = Table("row", "column", "flag", title="flagged values (first 50)")
+    for w in report.warnings[:50]:
+        table.add_row(str(w.row), w.column or "", w.reason)
+    console.print(table)
 
 
 @friendly_errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tessera.client.dp_runner import NodeIdentity
 from tessera.client.outgoing import NodeLedgers, Outgoing
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
-from tessera.core.errors import PkiError, TesseraError
+from tessera.core.errors import ConfigError, PkiError, TesseraError
 from tessera.core.grpc_status import MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.pki.server_check import check_coordinator
@@ -57,6 +58,9 @@ class NodeAgent:
         self._call: grpc.Future | None = None
         self._stop = threading.Event()
         self._jitter = random.SystemRandom()
+        # Tells the coordinator this process from a second one started under the same name (which
+        # it refuses) and from this process reconnecting (which it lets in).
+        self._metadata = (("tessera-instance", secrets.token_hex(8)),)
         self.enrolled = threading.Event()
 
     def stop(self) -> None:
@@ -120,7 +124,7 @@ class NodeAgent:
             policy=serde.policy_summary_to_pb(self.policy.summary()),
             datasets=[serde.dataset_to_pb(d) for d in self.data.schemas()],
         )
-        response = stub.Enrol(request, timeout=RPC_TIMEOUT_S)
+        response = stub.Enrol(request, timeout=RPC_TIMEOUT_S, metadata=self._metadata)
         if response.node_id != self.config.node_id:
             log.warning(
                 "coordinator knows this node as %s, configured as %s", response.node_id, self.config.node_id
@@ -156,7 +160,7 @@ class NodeAgent:
             self._enrol(stub)
 
     def _serve_tasks(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
-        call = stub.ReceiveTasks(node_pb2.ReceiveTasksRequest())
+        call = stub.ReceiveTasks(node_pb2.ReceiveTasksRequest(), metadata=self._metadata)
         self._call = call
         try:
             if self._stop.is_set():
@@ -213,6 +217,16 @@ class NodeAgent:
             name = code.name if code is not None else "UNKNOWN"
             details = exc.details() if isinstance(exc, grpc.Call) else ""
             log.warning("coordinator refused the node: %s %s", name, details)
+
+
+def check_identity(policy: Policy, certificate_name: str) -> None:
+    """Refuse to serve a policy written for another partner than the node certificate names:
+    its rules (and the state beside it) would be enforced under the wrong partner's name."""
+    if policy.partner != certificate_name:
+        raise ConfigError(
+            f"the policy {policy.source or 'file'} is for partner {policy.partner!r} but this node's "
+            f"certificate names {certificate_name!r}: start each node with its own policy and state"
+        )
 
 
 def _with_analyst(out: Outgoing, analyst: str) -> Outgoing:

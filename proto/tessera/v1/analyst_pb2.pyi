@@ -491,6 +491,9 @@ class BudgetView(_message.Message):
     RELEASES_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     EPSILON_PER_JOB_FIELD_NUMBER: _builtins.int
+    RHO_LIMIT_FIELD_NUMBER: _builtins.int
+    NEXT_RENEWAL_FIELD_NUMBER: _builtins.int
+    NEXT_RENEWAL_RHO_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     dataset: _builtins.str
     period: _builtins.str
@@ -504,6 +507,15 @@ class BudgetView(_message.Message):
     releases: _builtins.int
     delta: _builtins.float
     epsilon_per_job: _builtins.float
+    rho_limit: _builtins.float
+    """the period's budget in zCDP: what rho_spent counts against"""
+    next_renewal_rho: _builtins.float
+    @_builtins.property
+    def next_renewal(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest release of the period leaves it (rolling) and the rho that returns then;
+        unset when nothing was spent in the period.
+        """
+
     def __init__(
         self,
         *,
@@ -517,10 +529,13 @@ class BudgetView(_message.Message):
         releases: _builtins.int = ...,
         delta: _builtins.float = ...,
         epsilon_per_job: _builtins.float = ...,
+        rho_limit: _builtins.float = ...,
+        next_renewal: _timestamp_pb2.Timestamp | None = ...,
+        next_renewal_rho: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_renewal", b"next_renewal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "delta", b"delta", "epsilon_left", b"epsilon_left", "epsilon_limit", b"epsilon_limit", "epsilon_per_job", b"epsilon_per_job", "epsilon_spent", b"epsilon_spent", "node_id", b"node_id", "period", b"period", "releases", b"releases", "rho_spent", b"rho_spent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "delta", b"delta", "epsilon_left", b"epsilon_left", "epsilon_limit", b"epsilon_limit", "epsilon_per_job", b"epsilon_per_job", "epsilon_spent", b"epsilon_spent", "next_renewal", b"next_renewal", "next_renewal_rho", b"next_renewal_rho", "node_id", b"node_id", "period", b"period", "releases", b"releases", "rho_limit", b"rho_limit", "rho_spent", b"rho_spent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

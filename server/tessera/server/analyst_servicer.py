@@ -18,7 +18,7 @@ from tessera.core import serde
 from tessera.core.errors import AuthError, TesseraError, Unavailable
 from tessera.core.types import JobSpec, PeerIdentity, Stage
 from tessera.server.blocking import Blocking
-from tessera.server.budget_mirror import NODE_BUDGET, node_budgets
+from tessera.server.budget_mirror import NODE_BUDGET, BudgetView, node_budgets
 from tessera.server.jobs import JobService
 from tessera.server.node_servicer import Identify
 from tessera.server.notifier import Notifier
@@ -165,23 +165,7 @@ class AnalystServicer(analyst_pb2_grpc.AnalystServiceServicer):
         views = await self.run(
             lambda: node_budgets(self.jobs.store, self.jobs.nodes(), now=self.jobs.clock())
         )
-        return analyst_pb2.ListBudgetsResponse(
-            budgets=[
-                analyst_pb2.BudgetView(
-                    node_id=v.node_id,
-                    dataset=NODE_BUDGET,  # one budget per node: its customers, all datasets
-                    period=f"{v.period_days}d",
-                    epsilon_limit=v.epsilon_limit,
-                    epsilon_spent=v.epsilon_spent,
-                    epsilon_left=v.epsilon_left,
-                    rho_spent=v.rho_spent,
-                    releases=v.releases,
-                    delta=v.delta,
-                    epsilon_per_job=v.epsilon_per_job,
-                )
-                for v in views
-            ]
-        )
+        return analyst_pb2.ListBudgetsResponse(budgets=[_budget_pb(v) for v in views])
 
     def _job_pb(self, job: JobRecord, *, with_vetoes: bool = True) -> analyst_pb2.Job:
         msg = analyst_pb2.Job(
@@ -224,4 +208,25 @@ def _event_pb(ev: EventRecord) -> analyst_pb2.JobEvent:
     msg.at.FromDatetime(ev.at)
     if ev.stage:
         msg.stage = serde.stage_to_pb(Stage(ev.stage))
+    return msg
+
+
+def _budget_pb(v: BudgetView) -> analyst_pb2.BudgetView:
+    msg = analyst_pb2.BudgetView(
+        node_id=v.node_id,
+        dataset=NODE_BUDGET,  # one budget per node: its customers, all datasets
+        period=f"{v.period_days}d",
+        epsilon_limit=v.epsilon_limit,
+        epsilon_spent=v.epsilon_spent,
+        epsilon_left=v.epsilon_left,
+        rho_spent=v.rho_spent,
+        releases=v.releases,
+        delta=v.delta,
+        epsilon_per_job=v.epsilon_per_job,
+        rho_limit=v.rho_limit,
+        next_renewal_rho=v.oldest_rho,
+    )
+    renewal = v.next_renewal
+    if renewal is not None:
+        msg.next_renewal.FromDatetime(renewal)
     return msg

@@ -98,6 +98,7 @@ class Coordinator:
             # long enough that a loaded machine's late heartbeats do not drop a working node.
             node_silence=timedelta(milliseconds=max(10 * config.heartbeat_interval_ms, 5000)),
             connected=self._connected,
+            left=self._left,
         )
         self.presence = Presence(store)
         self.limits = PeerLimits(config.limits)
@@ -189,6 +190,9 @@ class Coordinator:
 
     def _connected(self, node_id: str) -> bool:
         return self.presence.connected(node_id)
+
+    def _left(self, node_id: str) -> bool:
+        return self.presence.left(node_id)
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.config.tick_seconds):

@@ -42,6 +42,23 @@ class BudgetView:
     delta: float
     rho_spent: float
     releases: int
+    oldest_release: datetime | None = None  # the period's oldest charge: budget returns from then
+    oldest_rho: float = 0.0
+
+    @property
+    def rho_limit(self) -> float:
+        return float(rho_for(self.epsilon_limit, self.delta)) if self.epsilon_limit > 0 else 0.0
+
+    @property
+    def rho_left(self) -> float:
+        return max(0.0, self.rho_limit - self.rho_spent)
+
+    @property
+    def next_renewal(self) -> datetime | None:
+        """When the oldest release leaves the rolling period and its ρ returns."""
+        if self.oldest_release is None:
+            return None
+        return self.oldest_release + timedelta(days=self.period_days)
 
     @property
     def epsilon_spent(self) -> float:
@@ -74,7 +91,10 @@ def node_budgets(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime)
     views = []
     for node in nodes:
         days = _period_days(node)
-        charges = [rho for at, rho in spent.get(node.node_id, []) if at >= now - timedelta(days=days)]
+        in_period = sorted(
+            (at, rho) for at, rho in spent.get(node.node_id, []) if at >= now - timedelta(days=days)
+        )
+        charges = [rho for _, rho in in_period]
         views.append(
             BudgetView(
                 node_id=node.node_id,
@@ -84,6 +104,8 @@ def node_budgets(store: SqlStore, nodes: Sequence[NodeRecord], *, now: datetime)
                 delta=node.policy.delta if node.policy.delta > 0 else 1e-9,
                 rho_spent=math.fsum(charges),
                 releases=len(charges),
+                oldest_release=in_period[0][0] if in_period else None,
+                oldest_rho=in_period[0][1] if in_period else 0.0,
             )
         )
     return views

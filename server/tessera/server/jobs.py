@@ -32,7 +32,7 @@ from tessera.core.dp import rho_to_epsilon
 from tessera.core.errors import AuthError, Conflict, InvalidRequest, NotFound, TesseraError
 from tessera.core.rounds import analysis_spec, round_param
 from tessera.core.types import JobSpec, JobState, PeerIdentity, Stage, Veto
-from tessera.server.budget_mirror import node_budgets
+from tessera.server.budget_mirror import BudgetView, node_budgets, rho_for
 from tessera.server.clock import Clock
 from tessera.server.dp_job import DpJob, DriverState, RoundDone, Tasks
 from tessera.server.notifier import Notifier
@@ -59,6 +59,7 @@ class JobService:
         job_timeout: timedelta = timedelta(minutes=30),
         node_silence: timedelta = timedelta(seconds=10),
         connected: Callable[[str], bool] = lambda node_id: True,
+        left: Callable[[str], bool] = lambda node_id: False,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -71,6 +72,9 @@ class JobService:
         # Whether a node has a task stream open now (the server's presence); a node that dropped
         # rejoins a job only once it is connected again.
         self.connected = connected
+        # Whether a node's task stream closed and it has not come back (it is offline now, even
+        # while its last heartbeat is recent): such a node is not chosen for a new job.
+        self.left = left
         # One coordinator process owns job transitions; a lock per job keeps concurrent answers
         # from racing to finish the same stage, while answers of different jobs go side by side.
         self._locks = JobLocks()
@@ -115,6 +119,17 @@ class JobService:
     def cancel(self, job_id: str, *, actor: PeerIdentity) -> JobRecord:
         with self._locks.hold(job_id):
             job = self.store.get_job(job_id)
+            if actor.role != "admin" and actor.name != job.submitted_by:
+                # Refused attempts are audited too: someone tried to stop another analyst's work.
+                self.store.audit(
+                    actor=actor.name,
+                    role=actor.role or "",
+                    action="job.cancel",
+                    now=self.clock(),
+                    job_id=job_id,
+                    outcome="refused: not the submitter",
+                )
+                raise AuthError(f"only the analyst who submitted job {job_id} or an admin may cancel it")
             if job.state.terminal:
                 raise Conflict(f"job {job_id} has already ended ({job.state.value})")
             reason = f"cancelled by {actor.name}; {self._charged_text(job_id)}"
@@ -135,6 +150,9 @@ class JobService:
         return job
 
     def _plan_participants(self, spec: JobSpec, info: AnalysisInfo) -> list[NodeRecord]:
+        """The nodes to ask: enrolled, connected, and willing by the policy summary and budget they
+        published. Named participants must all qualify; otherwise the job is refused here, naming
+        each node left out and why, instead of waiting out a stage for nodes that cannot answer."""
         enrolled = {n.node_id: n for n in self.store.list_nodes()}
         if spec.participants:
             unknown = [p for p in spec.participants if p not in enrolled]
@@ -150,21 +168,34 @@ class JobService:
             needed = max(needed, HARD_MIN_PARTICIPANTS, *(n.policy.min_participants for n in chosen))
         # Refuse hopeless jobs early, from the policy summaries the nodes published; each node
         # still checks the job against its own policy and may veto.
-        willing = [n for n in chosen if _summary_allows(n, spec, info)]
+        now = self.clock()
+        refusals: dict[str, str] = {}
+        for node in chosen:
+            if not self._online(node, now):
+                refusals[node.node_id] = "is offline"
+            elif (why := _summary_refusal(node, spec, info)) is not None:
+                refusals[node.node_id] = why
         if info.differentially_private:
-            views = {v.node_id: v for v in node_budgets(self.store, willing, now=self.clock())}
-            willing = [
-                n
-                for n in willing
-                if n.node_id not in views or views[n.node_id].admits(epsilon=spec.epsilon, delta=spec.delta)
-            ]
-        if len(willing) < needed:
+            willing = [n for n in chosen if n.node_id not in refusals]
+            for view in node_budgets(self.store, willing, now=now):
+                if not view.admits(epsilon=spec.epsilon, delta=spec.delta):
+                    refusals[view.node_id] = _budget_refusal(view, spec)
+        usable = sorted((n for n in chosen if n.node_id not in refusals), key=lambda n: n.node_id)
+        why = "; ".join(f"{node} {reason}" for node, reason in sorted(refusals.items()))
+        if len(usable) < needed:
             raise Conflict(
-                f"only {len(willing)} of {len(chosen)} node(s) allow analysis {spec.analysis!r} for purpose "
-                f"{spec.purpose!r} at epsilon {spec.epsilon:g} with the budget they have left, and at least "
-                f"{needed} are needed"
+                f"only {len(usable)} of {len(chosen)} node(s) can take {spec.analysis!r} for purpose "
+                f"{spec.purpose!r} at ε {spec.epsilon:g} and at least {needed} are needed: {why}"
             )
-        return sorted(chosen, key=lambda n: n.node_id)
+        if spec.participants and refusals:
+            raise Conflict(f"not every node named for the job can take it: {why}")
+        return usable
+
+    def _online(self, node: NodeRecord, now: datetime) -> bool:
+        # A task stream open now, or (between enrolling and opening its stream) a recent heartbeat.
+        if self.connected(node.node_id):
+            return True
+        return not self.left(node.node_id) and node.last_seen >= now - self.node_silence
 
     def _initial_state(self, spec: JobSpec, nodes: Sequence[NodeRecord]) -> DriverState:
         """The DP job's quorum, margins and first round, checked before the job exists."""
@@ -889,10 +920,21 @@ def survivors_threshold(spec: JobSpec, nodes: Sequence[NodeRecord]) -> int:
     return max(floor, n - max_dropouts)
 
 
-def _summary_allows(node: NodeRecord, spec: JobSpec, info: AnalysisInfo) -> bool:
+def _summary_refusal(node: NodeRecord, spec: JobSpec, info: AnalysisInfo) -> str | None:
+    """Why the node's published policy refuses the job (None: it allows it)."""
     policy = node.policy
     if spec.analysis not in policy.allowed_analyses:
-        return False
+        return f"does not allow analysis {spec.analysis!r}"
     if spec.purpose and spec.purpose not in policy.allowed_purposes:
-        return False
-    return not (info.differentially_private and spec.epsilon > policy.epsilon_per_job)
+        return f"does not allow purpose {spec.purpose!r}"
+    if info.differentially_private and spec.epsilon > policy.epsilon_per_job:
+        return f"caps ε per job at {policy.epsilon_per_job:g}"
+    return None
+
+
+def _budget_refusal(view: BudgetView, spec: JobSpec) -> str:
+    rho_cost = float(rho_for(spec.epsilon, spec.delta))
+    return (
+        f"has too little budget left this {view.period_days}-day period "
+        f"(the job costs ρ {rho_cost:.3g}, ρ {view.rho_left:.3g} is left)"
+    )

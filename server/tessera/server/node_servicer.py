@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 
 from tessera.core import __version__, serde
-from tessera.core.errors import AuthError, InvalidRequest, Unavailable
+from tessera.core.errors import AuthError, Conflict, InvalidRequest, Unavailable
 from tessera.core.types import PeerIdentity, Stage
 from tessera.server.blocking import Blocking
 from tessera.server.jobs import JobService
@@ -86,12 +86,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             raise AuthError("only node certificates may call the node service")
         return peer.name
 
+    def _refuse_second_process(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
+        if self.presence.taken(node_id, _instance(context)):
+            log.warning("second process refused node=%s", node_id)
+            raise Conflict(_SECOND_PROCESS.format(node=node_id))
+
     async def Enrol(
         self, request: node_pb2.EnrolRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.EnrolResponse:
         node_id = self._node(context)
         if not request.policy.policy_hash:
             raise InvalidRequest("an enrolment must carry the node's policy summary")
+        self._refuse_second_process(node_id, context)
         policy = serde.policy_summary_from_pb(request.policy)
         await self.run(
             self.jobs.store.upsert_node,
@@ -141,11 +147,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.ReceiveTasksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[node_pb2.Task]:
         node_id = self._node(context)
+        if not self.presence.stream_opened(node_id, _instance(context)):
+            log.warning("second process refused node=%s", node_id)
+            raise Conflict(_SECOND_PROCESS.format(node=node_id))
         log.info("task stream opened node=%s", node_id)
         sent: set[str] = set()  # per stream: a reconnect re-sends everything still open
         seen = -1
         stored = -1  # the job service's store version for this node when the stream last looked
-        self.presence.stream_opened(node_id)
         try:
             while not self.notifier.closed:
                 version = self.notifier.node_version(node_id)
@@ -254,6 +262,19 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         if task.deadline is not None:
             msg.deadline.FromDatetime(task.deadline)
         return msg
+
+
+INSTANCE_KEY = "tessera-instance"  # metadata: a random id per node process (see Presence)
+_SECOND_PROCESS = (
+    "node {node} is already connected from another process; run one process per node certificate"
+)
+
+
+def _instance(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == INSTANCE_KEY:
+            return str(value)[:64]
+    return ""
 
 
 def _presented_certificate(context: grpc.aio.ServicerContext) -> str:

@@ -10,6 +10,11 @@ Open task streams are counted per node too: a node whose last stream closed (its
 its connection broke) and that has not opened another within a short grace is gone, which the
 ticker tells the job service, so a stage need not wait out the heartbeat silence for it.
 
+One node name is one process: the node process sends a random instance id with its enrolment
+and its task stream, and a second process under a name whose streams are open from another
+instance is refused (both would otherwise receive every task of the node). A reconnect of the
+same process is not a second process, even while its broken stream is not yet noticed.
+
 The policy hash of each node is cached from its enrolment (or read once from the store after a
 restart), so a heartbeat can tell a node whose policy changed to enrol again without a query.
 """
@@ -30,6 +35,7 @@ class Presence:
         self._dirty: dict[str, datetime] = {}  # node -> last heartbeat not yet in the store
         self._streams: dict[str, int] = {}  # node -> open task streams
         self._closed: dict[str, datetime] = {}  # node -> when its last open stream closed
+        self._owner: dict[str, str] = {}  # node -> instance id of the process its streams serve
 
     def enrolled(self, node_id: str, policy_hash: str) -> None:
         with self._lock:
@@ -53,10 +59,20 @@ class Presence:
         self.enrolled(node_id, known)
         return not policy_hash or policy_hash == known
 
-    def stream_opened(self, node_id: str) -> None:
+    def taken(self, node_id: str, instance: str) -> bool:
+        """Whether another process (instance) of this node has a task stream open now."""
         with self._lock:
+            return node_id in self._streams and self._owner.get(node_id) != instance
+
+    def stream_opened(self, node_id: str, instance: str = "") -> bool:
+        """Count an open task stream; False (nothing counted) if another instance holds the name."""
+        with self._lock:
+            if node_id in self._streams and self._owner.get(node_id) != instance:
+                return False
+            self._owner[node_id] = instance
             self._streams[node_id] = self._streams.get(node_id, 0) + 1
             self._closed.pop(node_id, None)
+            return True
 
     def stream_closed(self, node_id: str, now: datetime) -> None:
         with self._lock:
@@ -65,12 +81,18 @@ class Presence:
                 self._streams[node_id] = left
             else:
                 self._streams.pop(node_id, None)
+                self._owner.pop(node_id, None)
                 self._closed[node_id] = now
 
     def connected(self, node_id: str) -> bool:
         """Whether the node has a task stream open now."""
         with self._lock:
             return node_id in self._streams
+
+    def left(self, node_id: str) -> bool:
+        """Whether the node's last task stream closed and it has opened none since."""
+        with self._lock:
+            return node_id in self._closed
 
     def disconnected(self, before: datetime) -> frozenset[str]:
         """Nodes whose last task stream closed before ``before`` and that opened none since."""

@@ -142,3 +142,40 @@ def test_bad_data_option(pki_dir: Path, tmp_path: Path) -> None:
         "customers",
     )
     assert code == 1 and "NAME=PATH" in out
+
+
+def test_a_node_refuses_to_serve_another_partners_policy(pki_dir: Path, tmp_path: Path) -> None:
+    code, out = _run(
+        "node",
+        "serve",
+        "--pki",
+        str(pki_dir),
+        "--name",
+        "telco",
+        "--policy",
+        "policies/bank.yaml",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert code == 1 and "is for partner 'bank' but this node's certificate names 'telco'" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("coordinator", "serve", "--listen", "127.0.0.1:99999"),
+            "--listen: port 99999 is out of range (0 to 65535)",
+        ),
+        (("coordinator", "serve", "--listen", "localhost"), "--listen expects HOST:PORT"),
+        (
+            ("nodes", "--coordinator", "127.0.0.1:70000"),
+            "--coordinator: port 70000 is out of range (1 to 65535)",
+        ),
+    ],
+)
+def test_an_address_out_of_range_is_refused_not_served_elsewhere(
+    pki_dir: Path, tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    code, out = _run(*args, "--pki", str(pki_dir))
+    assert code == 1 and expected in out

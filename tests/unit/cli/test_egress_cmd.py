@@ -96,5 +96,7 @@ def test_node_budget_shows_what_is_left_and_what_a_job_can_get(tmp_path: Path) -
     assert doc["job_fits"] is True and doc["jobs_of_that_epsilon_left"] >= 1
     assert doc["next_renewal"] and doc["largest_next_job_epsilon"] <= doc["epsilon_per_job"]
     code, out = node("budget", *base, "--policy", str(POLICY), "--epsilon", "0.5")
-    assert code == 0 and "a job of ε 0.5 fits" in out and "the next on" in out
+    assert code == 0 and "the next on" in out
+    # In zCDP the price of a job is a ρ, set against the ρ left (not a difference of ε).
+    assert f"a job of ε 0.5 costs ρ {doc['job_rho']:.3g} of the ρ {doc['rho_left']:.3g} left: fits" in out
     engine.dispose()

@@ -60,3 +60,12 @@ def test_merge_report_quality_unmerge_and_erasure(tmp_path: Path) -> None:
     assert code == 1 and "no customer" in out
     code, out = node("ingest", str(tmp_path / "c.csv"), "--region", "GB", *base)
     assert "of erased customers" in out
+
+
+def test_node_quality_flags_formulas_of_the_last_ingest(tmp_path: Path) -> None:
+    base = ["--state-dir", str(tmp_path / "state"), "--policy", str(POLICY)]
+    assert node("init", *base)[0] == 0
+    _ingest(base, tmp_path / "a.csv", HEADER + 'C1,"=HYPERLINK(""http://x.example"")",a@example.com,,north\n')
+    result = runner.invoke(app, ["node", "quality", *base], terminal_width=200)
+    assert "flagged (accepted as written; check the source): name: 1 spreadsheet formula(s)" in result.output
+    assert "HYPERLINK" not in result.output

@@ -82,3 +82,8 @@ def test_releases_leave_the_mirror_with_the_period(store: SqlStore) -> None:
     _released(store, "transactions", ("bank",), T0 + timedelta(days=20))
     views = {v.node_id: v for v in node_budgets(store, store.list_nodes(), now=T0 + timedelta(days=31))}
     assert views["bank"].releases == 1 and views["telco"].releases == 0 and views["telco"].epsilon_spent == 0
+    # The rolling period gives the oldest release's ρ back 30 days after it.
+    assert views["bank"].next_renewal == T0 + timedelta(days=50)
+    assert views["bank"].oldest_rho == pytest.approx(RHO)
+    assert views["bank"].rho_left == pytest.approx(rho_for(epsilon=1.0, delta=DELTA) - RHO)
+    assert views["telco"].next_renewal is None

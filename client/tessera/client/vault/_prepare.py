@@ -10,9 +10,11 @@ ingestion cost, which is why this is the part that runs on every core.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -24,6 +26,12 @@ from tessera.client.vault.quality import RowError
 
 RawRow = tuple[int, list[str | None] | None]
 SAMPLE = 500
+# Counted per column, in this order (FieldQuality has the same fields).
+PRESENT, MISSING, INVALID, FORMULAS, FUTURE = range(5)
+# A value a spreadsheet would run as a formula when an export of the vault is opened: "=…", "@…",
+# or "+"/"-" followed by a function call ("+HYPERLINK(…)"); plain signed numbers and phones pass.
+_FORMULA = re.compile(r"^\s*(?:[=@]|[+-]\s*[A-Za-z_][\w.]*\s*\()")
+FUTURE_SLACK = timedelta(days=1)  # time zones and clocks a little ahead are not "the future"
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -39,7 +47,9 @@ class Prepared:
     # Customers: indexes of identifiers outside every one-field match rule (lookup only, never merge).
     lookups: list[list[tuple[str, str]]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
-    counts: list[list[int]] = field(default_factory=list)  # per column: present, missing, invalid
+    # Accepted but flagged in the quality report (formulas, dates in the future): row, column, why.
+    warnings: list[RowError] = field(default_factory=list)
+    counts: list[list[int]] = field(default_factory=list)  # per column: PRESENT … FUTURE
     rows: int = 0
     samples: dict[int, list[str]] = field(default_factory=dict)  # raw non-empty values per column
     # Facts only (with an index key): (fingerprint, storable fields) per record; the customer
@@ -56,6 +66,7 @@ class Prepared:
             keyed=[self.keyed[i] for i in keep] if self.keyed else [],
             lookups=[self.lookups[i] for i in keep] if self.lookups else [],
             errors=self.errors,
+            warnings=self.warnings,
             counts=self.counts,
             rows=len(keep),
             samples=self.samples,
@@ -99,7 +110,8 @@ def prepare_chunk(
     see the text as written: a phone number in an int column parses as a plain number)."""
     zone = ZoneInfo(mapping.timezone)
     identity = IdentityIndex(index_key) if index_key is not None else None
-    out = Prepared(counts=[[0, 0, 0] for _ in mapping.columns])
+    out = Prepared(counts=[[0, 0, 0, 0, 0] for _ in mapping.columns])
+    horizon = datetime.now(UTC) + FUTURE_SLACK
     identifiers = [(c.field, c.identifier) for c in mapping.columns if c.identifier]
     rules = mapping.rules()
     alone = {r.kind for r in rules if r.kind != "combined"}
@@ -129,8 +141,18 @@ def prepare_chunk(
                     out.errors.append(RowError(number, col.source, problem.reason))
                     bad = True
                 continue
-            out.counts[position][0 if value is not None else 1] += 1
+            counts = out.counts[position]
+            counts[PRESENT if value is not None else MISSING] += 1
             record[col.field] = value
+            if value is None:
+                continue
+            raw = values[position] or ""
+            if raw[:1] in "=@+- \t" and _FORMULA.match(raw):
+                counts[FORMULAS] += 1
+                out.warnings.append(RowError(number, col.source, "looks like a spreadsheet formula"))
+            elif isinstance(value, datetime) and value > horizon:
+                counts[FUTURE] += 1
+                out.warnings.append(RowError(number, col.source, "is a date in the future"))
         keys = [(kind, str(record[f])) for f, kind in identifiers if record.get(f) is not None]
         if not keys:
             out.errors.append(

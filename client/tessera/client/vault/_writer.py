@@ -573,6 +573,7 @@ def write_customers(
                 .where(Customer.id.in_(old_ids[start : start + _CHUNK]))
                 .values(last_seen_at=now)
             )
+    counts.written -= counts.unchanged  # a row that changed nothing was not written
     return counts
 
 

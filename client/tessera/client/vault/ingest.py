@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -145,9 +145,7 @@ class Ingestor:
         with self._sessions.begin() as session:
             run = session.get(IngestRun, run_id)
             if run is not None and run.status == "done":
-                report = IngestReport.from_dict(json.loads(run.report or "{}"))
-                report.status = "already_ingested"
-                return report
+                return _already_ingested(IngestReport.from_dict(json.loads(run.report or "{}")))
             skip = run.rows_done if run is not None else 0
         self._refs = {}
         executor: Executor | None = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
@@ -213,10 +211,15 @@ class Ingestor:
         for chunk in self._prepared(source, mapping, executor, sample=tuple(checked)):
             report.rows_read += chunk.rows
             errors.extend(chunk.errors)
-            for quality, (present, missing, invalid) in zip(report.fields, chunk.counts, strict=True):
+            for quality, (present, missing, invalid, formulas, future) in zip(
+                report.fields, chunk.counts, strict=True
+            ):
                 quality.present += present
                 quality.missing += missing
                 quality.invalid += invalid
+                quality.formulas += formulas
+                quality.future_dates += future
+            report.warnings.extend(chunk.warnings[: MAX_LISTED - len(report.warnings)])
             for i, sample in samples.items():
                 sample.extend(chunk.samples.get(i, [])[: PII_SAMPLE - len(sample)])
             if mapping.dataset != "customers" and chunk.records:
@@ -449,6 +452,23 @@ def _find_refs(session: Session, refs: set[str]) -> dict[str, int]:
     if rest:
         found.update(_writer.lookup_unique(session, rest))
     return found
+
+
+def _already_ingested(earlier: IngestReport) -> IngestReport:
+    """What ingesting the same content again does: nothing. The counts are this run's (no row
+    written, every row the first run kept unchanged), never the first run's repeated."""
+    held = earlier.rows_read - earlier.rows_rejected - earlier.rows_erased - earlier.rows_conflicted
+    return replace(
+        earlier,
+        status="already_ingested",
+        rows_written=0,
+        rows_unchanged=held,
+        customers_created=0,
+        customers_updated=0,
+        duplicates_merged=0,
+        merges=[],
+        conflicts=[],
+    )
 
 
 def _add_counts(report: IngestReport, previous: dict[str, Any]) -> None:

@@ -52,6 +52,8 @@ class FieldQuality:
     present: int = 0
     missing: int = 0
     invalid: int = 0
+    formulas: int = 0  # accepted, but a spreadsheet would run them (CSV injection)
+    future_dates: int = 0  # accepted, but later than the ingest (a typo or a wrong format?)
 
     @property
     def completeness(self) -> float:
@@ -79,18 +81,21 @@ class IngestReport:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     erased_rows: list[int] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)  # accepted rows flagged (first listed)
     fields: list[FieldQuality] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["errors"] = [asdict(e) for e in self.errors[:MAX_LISTED_ERRORS]]
+        doc["warnings"] = [asdict(e) for e in self.warnings[:MAX_LISTED_ERRORS]]
         doc["fields"] = [{**asdict(f), "completeness": round(f.completeness, 6)} for f in self.fields]
         return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> IngestReport:
-        report = cls(**{k: v for k, v in doc.items() if k not in ("errors", "fields")})
+        report = cls(**{k: v for k, v in doc.items() if k not in ("errors", "warnings", "fields")})
         report.errors = [RowError(**e) for e in doc.get("errors", [])]
+        report.warnings = [RowError(**e) for e in doc.get("warnings", [])]
         report.fields = [
             FieldQuality(**{k: v for k, v in f.items() if k != "completeness"}) for f in doc.get("fields", [])
         ]

@@ -68,8 +68,8 @@ class CsvSource:
             )
         try:
             header = next(csv.reader(self._lines()), None)
-        except csv.Error:
-            raise ConfigError(f"{self.label} has a malformed header line") from None
+        except csv.Error as exc:
+            raise ConfigError(f"{self.label} has a malformed header line ({_csv_problem(exc)})") from None
         if header is None:
             raise ConfigError(f"{self.label} is empty: it needs a header line naming its columns")
         self._columns = _check_header(header, self.label)
@@ -102,9 +102,9 @@ class CsvSource:
                 number += 1
                 if number > skip:
                     yield number, (list(record) if len(record) == width else None)
-        except csv.Error:
+        except csv.Error as exc:
             raise ConfigError(
-                f"{self.label} is malformed CSV at row {number + 1} (a quote or NUL byte)"
+                f"{self.label} is malformed CSV at row {number + 1} ({_csv_problem(exc)})"
             ) from None
         finally:
             lines.close()
@@ -115,6 +115,18 @@ class CsvSource:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
         return hasher.hexdigest()
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    """What the csv module's error means, in a sentence that names no value."""
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"a value longer than {csv.field_size_limit():,} characters"
+    if "NUL" in text:
+        return "a NUL byte"
+    if "quote" in text or "delimiter" in text or "EOF" in text:
+        return "a quote that is not closed or is followed by text"
+    return "unreadable CSV"
 
 
 def _text(value: object) -> str | None:
@@ -140,11 +152,26 @@ class SqlSource:
             self._statement: sa.Executable = sa.select(sa.text("*")).select_from(sa.table(table))
         else:
             self._statement = sa.text(query or "")
+        where = _where(self._engine.url)
         try:
-            with self._engine.connect() as conn:
-                keys = list(conn.execute(self._statement).keys())
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            self._engine.dispose()
+            hint = (
+                "does the file exist, and may this user read it?"
+                if self._engine.url.get_backend_name() == "sqlite"
+                else "is it running, and are the address, name and credentials right?"
+            )
+            kind = type(getattr(exc, "orig", None) or exc).__name__
+            raise ConfigError(f"cannot connect to the source database {where} ({kind}): {hint}") from None
+        try:
+            if table is not None and not sa.inspect(conn).has_table(table):
+                raise ConfigError(f"the source database {where} has no table {table!r}")
+            keys = list(conn.execute(self._statement).keys())
         except sa.exc.SQLAlchemyError:
-            raise ConfigError(f"{self.label} cannot be read from the source database") from None
+            raise ConfigError(f"{self.label} cannot be read from the source database {where}") from None
+        finally:
+            conn.close()
         self._columns = _check_header([str(k) for k in keys], self.label)
 
     @property
@@ -166,3 +193,11 @@ class SqlSource:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _where(url: sa.URL) -> str:
+    """The database a URL names, without its user or password."""
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite file {url.database or '(memory)'}"
+    host = f"{url.host or 'localhost'}" + (f":{url.port}" if url.port else "")
+    return f"{url.get_backend_name()} at {host}" + (f", database {url.database}" if url.database else "")

@@ -89,10 +89,17 @@ def labels_param(spec: JobSpec, name: str) -> tuple[str, ...]:
     return tuple(str(x) for x in value)
 
 
+# Clip bounds beyond this are refused up front: no customer value needs them, the noise they call
+# for drowns any result, and near the float range the fixed-point scale underflows to zero.
+MAX_BOUND = 1e15
+
+
 def bounds(spec: JobSpec) -> tuple[float, float]:
     lower, upper = number_param(spec, "lower"), number_param(spec, "upper")
     if not lower < upper:
         raise InvalidRequest("parameter 'lower' must be below parameter 'upper'")
+    if max(abs(lower), abs(upper)) > MAX_BOUND:
+        raise InvalidRequest(f"parameters 'lower' and 'upper' must lie within ±{MAX_BOUND:g}")
     return lower, upper
 
 

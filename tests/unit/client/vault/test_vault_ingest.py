@@ -17,6 +17,7 @@ from tessera.client.vault.admin import lookup
 from tessera.client.vault.identity import IdentityIndex
 from tessera.client.vault.ingest import Ingestor, IngestRejected, VaultHandle
 from tessera.client.vault.mapping import load_mapping, mapping_for_columns
+from tessera.client.vault.quality import IngestReport
 from tessera.client.vault.source import VaultDataSource
 from tessera.client.vault.sources import CsvSource
 from tessera.client.vault.state import NodeState
@@ -98,6 +99,43 @@ def _snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
             cols = [c for c in table.columns if c.name not in ("last_seen_at", "seen_at")]
             out[table.name] = sorted(tuple(r) for r in conn.execute(sa.select(*cols)))
     return out
+
+
+def test_a_re_ingest_reports_what_it_did_not_what_the_first_ingest_did(
+    state: NodeState, tmp_path: Path
+) -> None:
+    _ingest(state, _csv(tmp_path, CUSTOMERS))
+    again = _ingest(state, _csv(tmp_path, CUSTOMERS))
+    assert again.status == "already_ingested"
+    assert (again.rows_written, again.customers_created, again.rows_unchanged) == (0, 0, 3)
+    # The next export changes one customer: one row written (an update), two unchanged.
+    changed = _ingest(state, _csv(tmp_path, CUSTOMERS.replace(",12.5,", ",13.5,"), "next.csv"))
+    assert (changed.status, changed.rows_written, changed.rows_unchanged) == ("done", 1, 2)
+    assert (changed.customers_created, changed.customers_updated) == (0, 1)
+
+
+def test_formulas_and_future_dates_are_flagged_in_the_quality_report(
+    state: NodeState, tmp_path: Path
+) -> None:
+    text = HEADER + (
+        'C1,"=HYPERLINK(""http://x.example"",""hi"")",a@example.com,,,north,2024-01-05,1,no\n'
+        "C2,+SUM(A1:A9),b@example.com,+44 7700 900123,,south,2999-01-01,-2.5,no\n"
+        "C3,Cy,c@example.com,,,east,2024-03-01,3,no\n"
+    )
+    report = _ingest(state, _csv(tmp_path, text))
+    assert report.status == "done" and report.customers_created == 3  # accepted, but flagged
+    fields = {f.field: f for f in report.fields}
+    assert (fields["name"].formulas, fields["signup_date"].future_dates) == (2, 1)
+    # A phone with its "+" and a negative amount are not formulas.
+    assert fields["phone"].formulas == 0 and fields["monthly_spend"].formulas == 0
+    flags = [(w.row, w.column, w.reason) for w in report.warnings]
+    assert flags == [
+        (1, "name", "looks like a spreadsheet formula"),
+        (2, "name", "looks like a spreadsheet formula"),
+        (2, "signup_date", "is a date in the future"),
+    ]
+    assert "HYPERLINK" not in str(report.as_dict())  # the report names rows, never values
+    assert IngestReport.from_dict(report.as_dict()).warnings == report.warnings
 
 
 def test_standardises_and_encrypts(state: NodeState, tmp_path: Path) -> None:

@@ -62,6 +62,19 @@ def test_bad_encoding_and_quotes_name_the_row(tmp_path: Path) -> None:
         list(src.rows())
 
 
+def test_a_huge_cell_is_named_as_such_not_as_a_quote(tmp_path: Path) -> None:
+    src = CsvSource(_write(tmp_path, b"a,b\n1,2\n3," + b"x" * 10_000_000 + b"\n"))
+    with pytest.raises(ConfigError, match=r"at row 2 \(a value longer than 131,072 characters\)"):
+        list(src.rows())
+
+
+def test_an_unreachable_source_database_is_not_called_an_unreadable_table() -> None:
+    with pytest.raises(ConfigError) as info:  # nothing listens on port 1
+        SqlSource("postgresql+psycopg://tessera:hunter2@127.0.0.1:1/shop", table="crm")
+    assert "cannot connect to the source database postgresql at 127.0.0.1:1" in info.value.message
+    assert "hunter2" not in info.value.message and "crm" not in info.value.message
+
+
 def test_wrong_field_count_is_a_row_problem(tmp_path: Path) -> None:
     src = CsvSource(_write(tmp_path, "\ufeffa,b\n1,2\n1\n\n3,4\n".encode()))
     assert src.columns == ("a", "b")
@@ -91,8 +104,10 @@ def test_sql_source_reads_a_table_and_a_query(tmp_path: Path) -> None:
     assert list(src.rows()) == [(1, ["C1", "a@example.com"]), (2, ["C2", None])]
     assert list(SqlSource(url, query="SELECT customer_id FROM crm").rows(skip=1)) == [(2, ["C2"])]
     assert src.digest() == SqlSource(url, table="crm").digest()
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="has no table 'missing'"):
         SqlSource(url, table="missing")
+    with pytest.raises(ConfigError, match="cannot be read from the source database"):
+        SqlSource(url, query="SELECT nothing FROM crm")
     with pytest.raises(ConfigError, match="exactly one"):
         SqlSource(url)
 
