@@ -169,7 +169,7 @@ def bench_kmeans(
             model = result["model"]
             centres = np.asarray(model["mean"]) + np.asarray(model["sd"]) * np.asarray(model["centroids_z"])
             ratios.append(km.cost(z, (centres - mu) / sd) / reference)
-            budget = result["budget"]
+            budget = result["budget_split"]
         out[init] = {"cost_ratio": _summary(ratios), "budget_rho": budget}
     return out
 

@@ -395,7 +395,7 @@ def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, An
         "init": s["init"],
         "clusters": clusters,
         "sizes_from": "assignments of the last iteration (before its centroid update)",
-        "budget": s["budget"],
+        "budget_split": s["budget"],
         "min_cohort_size": released["min_cohort_size"],
         "rounds_run": round_no,
         "model": {

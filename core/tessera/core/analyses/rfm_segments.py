@@ -450,7 +450,7 @@ def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, An
         "group_by": released["group_by"],
         "segments": released["cells"],
         "min_cohort_size": released["min_cohort_size"],
-        "budget": split,
+        "budget_split": split,
         "model": {
             "kind": "rfm",
             "reference_date": spec.params["reference_date"],
