@@ -103,7 +103,7 @@ def test_rfm_segments_table() -> None:
         assert f"{low:,.0f}–{high:,.0f}" in text  # the interval, not only the value
     assert text.count("suppressed") >= 1 + sum(c["suppressed"] for c in doc["segments"])
     words = " ".join(text.split())
-    assert "quintile boundaries: recency" in words and "boundaries (round 1) 30%, sizes" in words
+    assert "quintile boundaries: recency" in words and "boundaries (round 1) 50%, sizes" in words
 
 
 def test_kmeans_table_has_centroids_in_original_units_sizes_and_the_split() -> None:

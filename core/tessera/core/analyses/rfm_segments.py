@@ -10,9 +10,12 @@ CDNOW 48 bins misplaced 1.4% of customers at ε = 4 through boundary resolution,
 scripts/bench_segments.py), equal-width
 in ``log1p`` over ``[0, recency_max]``, ``[0, frequency_max]``, ``[0, monetary_max]``; values above
 are clamped into the last bin). A customer adds 1 to one bin of each: L∞ = 1, L1 = 3, L2 = √3;
-ρ₁ = ``boundary_share``·ρ (default 0.3). The driver reads the consortium's quintiles of each
-axis from the noisy histograms (``rfm.quantiles_from_histogram``: post-processing) and sends them
-to every node as round 2's public input.
+ρ₁ = ``boundary_share``·ρ (default 0.5: the boundaries decide every customer's segment, so
+they are worth half the budget; on CDNOW at ε = 1 local-label agreement with the noiseless
+boundaries rose from 97.2% at 0.3 to 98.2%, and the MAE of segment shares fell from 0.26 to 0.16
+points, while the cell statistics' intervals widen by √(0.7/0.5) ≈ 1.18x). The driver reads the
+consortium's quintiles of each axis from the noisy histograms (``rfm.quantiles_from_histogram``:
+post-processing) and sends them to every node as round 2's public input.
 
 Round 2 — the segment table. Each node scores its customers 1-5 per axis against those
 boundaries and maps them to the 11 named segments (``rfm`` documents the grid), per public group
@@ -109,7 +112,7 @@ def _settings(spec: JobSpec, fields: Mapping[str, FieldSchema]) -> dict[str, Any
         if schema.type not in p.NUMERIC_TYPES | {"date"}:
             raise InvalidRequest(f"parameter {param!r} must name a numeric or date field")
         names[param] = name
-    share_1 = p.number_param(spec, "boundary_share", default=0.3)
+    share_1 = p.number_param(spec, "boundary_share", default=0.5)
     if not 0 < share_1 < 1:
         raise InvalidRequest("parameter 'boundary_share' must be in (0, 1)")
     churn = spec.params.get("churn_field")

@@ -159,7 +159,7 @@ def test_the_program_with_noise_at_epsilon_1_on_cdnow() -> None:
     steps, _, spent = run(spec, TRANSACTIONS, nodes, rng=np.random.default_rng(1))
     result = steps[-1].result
     assert result is not None and spent <= rho_total(spec) * (1 + 1e-12)
-    assert result["budget_split"]["round1"] == pytest.approx(0.3)
+    assert result["budget_split"]["round1"] == pytest.approx(0.5)
     cells = [c for c in result["segments"] if c["group"] == "north" and not c["suppressed"]]
     assert sum(c["share"]["value"] for c in cells) == pytest.approx(1.0, abs=0.05)
     for c in cells:
