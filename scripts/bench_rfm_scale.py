@@ -115,23 +115,32 @@ def spec() -> JobSpec:
     )
 
 
-def ingest(node_dir: Path, csv_path: Path) -> float:
-    """The real vault ingestion of one node's transactions (customers come from their rows)."""
+def ingest(node_dir: Path, csv_path: Path) -> dict[str, float]:
+    """The real vault ingestion of one node: its customers (id and region, from the ids in its
+    transactions), then its transactions; seconds of each."""
     from tessera.client.vault.ingest import Ingestor
     from tessera.client.vault.mapping import mapping_for_columns
     from tessera.client.vault.sources import CsvSource
     from tessera.client.vault.state import init_node_state
 
     policy = load_policy(node_dir / "policy.yaml")
-    started = time.perf_counter()
+    with csv_path.open(encoding="utf-8") as handle:
+        next(handle)
+        ids = sorted({line.split(",", 1)[0] for line in handle})
+    customers = node_dir / "customers.csv"
+    customers.write_text("customer_id,region\n" + "".join(f"{c},north\n" for c in ids))
+    out = {}
     state = init_node_state(node_dir / "state", policy)
     try:
-        source = CsvSource(csv_path)
-        mapping = mapping_for_columns(policy, "transactions", source.columns)
-        Ingestor(state.handle()).ingest(source, mapping)
+        for dataset, path in (("customers", customers), ("transactions", csv_path)):
+            started = time.perf_counter()
+            source = CsvSource(path)
+            mapping = mapping_for_columns(policy, dataset, source.columns)
+            Ingestor(state.handle()).ingest(source, mapping)
+            out[dataset] = round(time.perf_counter() - started, 1)
     finally:
         state.close()
-    return time.perf_counter() - started
+    return out
 
 
 def where_it_goes(node_dir: Path, csv_path: Path, source_kind: str) -> dict[str, float]:
@@ -250,9 +259,10 @@ def main() -> None:
             report["ingest_seconds_per_node"] = []
             for name in NAMES:
                 seconds = ingest(work / "nodes" / name, csvs[name])
-                report["ingest_seconds_per_node"].append(round(seconds, 1))
-                log(f"{name}: ingested in {seconds:.1f}s")
-            report["ingest_rows_per_second"] = round(rows / sum(report["ingest_seconds_per_node"]))
+                report["ingest_seconds_per_node"].append(seconds)
+                log(f"{name}: ingested in {seconds}s")
+            spent = sum(s["transactions"] for s in report["ingest_seconds_per_node"])
+            report["ingest_transactions_per_second"] = round(rows / spent)
         else:
             for name in NAMES:
                 from tessera.client.vault.state import init_node_state
