@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import customer_table as ct
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import rfm
 from tessera.core.analyses import vector as v
@@ -76,6 +77,20 @@ _PARAMS = frozenset(
         "churn_field",
         "boundary_share",
     }
+)
+PARAMS = (
+    _docs.ParamDoc(
+        "reference_date", "text", "required", "YYYY-MM-DD", "recency is counted back from this day"
+    ),
+    _docs.ParamDoc("monetary_max", "number", "required", "amount units", "monetary values are clipped to it"),
+    _docs.ParamDoc("recency_max", "number", "1095", "days", "recency histogram range (longer is clamped)"),
+    _docs.ParamDoc("frequency_max", "number", "200", "purchases", "frequency histogram range"),
+    _docs.ParamDoc("bins", "integer", "128", "bins", "log-scaled bins per axis for the boundaries"),
+    _docs.ParamDoc("churn_field", "field", "-", "-", "a bool label for churn rates, e.g. customers.churned"),
+    _docs.ParamDoc("boundary_share", "number", "0.5", "fraction of ε", "budget of the boundaries' round"),
+    _docs.ParamDoc("time_field", "field", "time", "-", "the field holding each row's time"),
+    _docs.ParamDoc("amount_field", "field", "amount", "-", "the field holding each row's amount"),
+    *_docs.GROUPS,
 )
 _ROUND2_SPLIT = {"count": 0.4, "monetary": 0.3, "churn": 0.3}
 _ROUND2_SPLIT_NO_CHURN = {"count": 0.55, "monetary": 0.45}
