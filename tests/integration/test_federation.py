@@ -99,8 +99,8 @@ def test_egress_names_the_analyst_and_heads_are_anchored_at_the_coordinator(
 
 
 def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> None:
-    # The example policies classify customers and transactions, not events.
-    doc = _run(fed, JobSpec(analysis="inventory", dataset="events", purpose="research"))
+    # The example policies classify customers, transactions and events, not payroll.
+    doc = _run(fed, JobSpec(analysis="inventory", dataset="payroll", purpose="research"))
     assert doc["status"] == "failed"
     assert {v["node_id"] for v in doc["vetoes"]} == set(PARTNERS)
     assert {v["code"] for v in doc["vetoes"]} == {"policy.unknown_dataset"}
@@ -108,7 +108,7 @@ def test_node_vetoes_a_dataset_its_policy_does_not_classify(fed: Federation) -> 
     assert {v["node_id"]: v["policy_hash"] for v in doc["vetoes"]} == {
         name: fed.policy(name).policy_hash for name in PARTNERS
     }
-    assert "events" in doc["error"]
+    assert "payroll" in doc["error"]
 
 
 def test_hopeless_job_is_refused_before_any_node_is_asked(fed: Federation) -> None:

@@ -22,7 +22,15 @@ import yaml
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyst_client import AnalystClient
-from tessera.cli.demo_data import CHANNELS, append_cdnow, cdnow_purchases, write_customers, write_transactions
+from tessera.cli.demo_data import (
+    CHANNELS,
+    FUNNEL_STEPS,
+    append_cdnow,
+    cdnow_purchases,
+    write_customers,
+    write_events,
+    write_transactions,
+)
 from tessera.cli.demo_truth import add_truth
 from tessera.cli.job_cmd import render_result
 from tessera.client.vault.ingest import Ingestor
@@ -230,6 +238,8 @@ def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
         tx("histogram", per_customer="count", lower=0.0, upper=30.0, bins=10),
         # A job of many rounds: each round steps every region's theta from the last released one.
         dp("mean_descent", rounds=3, learning_rate=1.0, group_by="region", groups=REGIONS, **spend),
+        # A web/app funnel over the partners' synthetic events: customers reaching each step in a week.
+        make("funnel", "events", {"steps": FUNNEL_STEPS, "window_days": 7.0}),
     ] + (
         # Lifetime value on the real CDNOW purchases, calibrated and held out as in FHL 2005.
         [
@@ -241,6 +251,8 @@ def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
                 monetary_max=1000.0,
                 churn_field="customers.churned",
             ),
+            # Retention by month of first purchase (CDNOW's customers all joined in Q1 1997).
+            tx("cohort_retention", first_month="1997-01", cohorts=3, months=18),
             tx(
                 "kmeans",
                 features=("rfm.recency", "rfm.frequency", "rfm.monetary"),
@@ -325,6 +337,9 @@ def demo(
             written = write_transactions(policy, raw["transactions"], customers=rows, seed=seed + index)
             if mine:
                 append_cdnow(policy, raw["transactions"], mine, first=rows, seed=seed + index)
+        if "events" in {d.name for d in policy.datasets}:
+            raw["events"] = node_dir / "raw" / "events.csv"
+            write_events(policy, raw["events"], customers=rows, seed=seed + index)
         partners[name] = (policy, raw)
         ingested = ingest_raw(node_dir / "state", policy, raw)
     console.print(

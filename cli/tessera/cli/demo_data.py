@@ -124,6 +124,52 @@ def write_transactions(policy: Policy, path: Path, *, customers: int, seed: int)
     return written
 
 
+# The demo's web/app funnel: every session starts with a visit; each later step follows the one
+# before with these chances (so about 60%, 27% and 14% of sessions reach view, cart and purchase).
+FUNNEL_STEPS = ("visit", "view", "cart", "purchase")
+_STEP_CHANCE = (0.6, 0.45, 0.5)
+WHALE_SESSIONS = 75  # the first customer's sessions: 300 events if each ran the whole funnel
+
+
+def write_events(policy: Policy, path: Path, *, customers: int, seed: int) -> int:
+    """Write app and web events of the ``customers`` customers that ``write_customers`` made with
+    ``seed``: 0 to 6 sessions each over 2026 (the first customer ``WHALE_SESSIONS``), each a run
+    of ``FUNNEL_STEPS`` minutes apart that stops at random, plus a stray ``search`` event now and
+    then (not a step, so funnels skip it); returns the rows written.
+
+    Every row has its own time, so the vault's idempotent ingestion keeps all of them.
+    """
+    rng = random.Random(seed * 104_729 + 3)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    fields = [f.name for f in policy.schema("events").fields]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for i in range(customers):
+            sessions = WHALE_SESSIONS if i == 0 else min(int(rng.expovariate(0.7)), 6)
+            for s in range(sessions):
+                # Sessions at least a day apart; the funnel window (a week) may span several.
+                at = start + timedelta(days=s * 4 + rng.randint(0, 3), seconds=i * 97 + rng.randint(0, 3600))
+                kinds = [FUNNEL_STEPS[0]]
+                for step, chance in zip(FUNNEL_STEPS[1:], _STEP_CHANCE, strict=True):
+                    if rng.random() >= chance:
+                        break
+                    kinds.append(step)
+                if rng.random() < 0.2:
+                    kinds.insert(1, "search")
+                for j, kind in enumerate(kinds):
+                    values = {
+                        "customer_id": customer_id(seed, i),
+                        "time": (at + timedelta(minutes=3 * j, seconds=j)).isoformat(),
+                        "event_type": kind,
+                    }
+                    writer.writerow([values.get(name, "") for name in fields])
+                    written += 1
+    return written
+
+
 def _phone(rng: random.Random, i: int) -> str:
     """A UK mobile number, unique per row (Faker's en_GB pool holds only 1,000 numbers, which One ID
     would rightly merge), written the way exports mix formats: national or international."""

@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from tessera.cli import result_tables
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyses_cmd import param_kinds
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User, check_address
@@ -190,6 +191,8 @@ def render_result(doc: dict[str, Any]) -> None:
                     if any(f["tier"] == tier for f in dataset["fields"])
                 ]
                 console.print(f"    {dataset['name']}: " + " | ".join(groups), highlight=False)
+    elif result_tables.render(doc["analysis"], result_doc):
+        pass  # rfm_segments, kmeans, funnel, cohort_retention: their own tables
     elif result_doc.get("cells") is not None:
         render_dp(result_doc)
     elif result_doc.get("bgnbd"):

@@ -40,3 +40,24 @@ def test_analyses_lists_every_analysis_with_its_parameters() -> None:
     assert {p["name"] for p in doc["sum"]["params"]} >= {"field", "lower", "upper", "group_by", "groups"}
     text = CliRunner().invoke(app, ["analyses"], env={"COLUMNS": "80"}).output
     assert max(len(line) for line in text.splitlines()) <= 80 and "levels (numbers; default" in text
+
+
+def test_segment_analyses_document_their_parameters_and_parse_lists() -> None:
+    from tessera.core.analyses import cohort_retention, funnel, kmeans_spec, rfm_segments
+
+    for module, accepted in (
+        (funnel, funnel._PARAMS),
+        (cohort_retention, cohort_retention._PARAMS),
+        (rfm_segments, rfm_segments._PARAMS | {"group_by", "groups"}),
+        (kmeans_spec, kmeans_spec._PARAMS),
+    ):
+        assert {p.name for p in module.PARAMS} == set(accepted)
+    assert _param("lower=0,1,0", param_kinds("kmeans"))[1] == (0.0, 1.0, 0.0)
+    assert _param("features=rfm.recency,rfm.monetary", param_kinds("kmeans"))[1] == (
+        "rfm.recency",
+        "rfm.monetary",
+    )
+    assert _param("steps=visit,cart", param_kinds("funnel"))[1] == ("visit", "cart")
+    assert _param("cohorts=3", param_kinds("cohort_retention"))[1] == 3
+    doc = {e["analysis"]: e for e in json.loads(CliRunner().invoke(app, ["analyses", "--json"]).output)}
+    assert {"rfm_segments", "kmeans", "funnel", "cohort_retention"} <= set(doc)

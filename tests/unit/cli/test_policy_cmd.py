@@ -85,10 +85,10 @@ def test_lint_missing_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_diff_groups_changes(tmp_path: Path) -> None:
-    new = _bank_variant(tmp_path, "new.yaml", "  - churn_model\n", "  - churn_model\n  - funnel\n")
+    new = _bank_variant(tmp_path, "new.yaml", "  - churn_model\n", "  - churn_model\n  - overlap\n")
     code, out = _run("diff", str(POLICIES / "bank.yaml"), str(new))
     assert code == 0, out
-    assert "looser" in out and "analysis funnel now allowed" in out
+    assert "looser" in out and "analysis overlap now allowed" in out
     assert "1 change(s): 1 looser, 0 stricter, 0 neutral" in out
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -41,6 +42,16 @@ INFO = AnalysisInfo(
 MAX_COHORTS = 120
 MAX_MONTHS = 120
 _PARAMS = frozenset({"first_month", "cohorts", "months", "time_field"})
+PARAMS = (
+    _docs.ParamDoc(
+        "first_month", "text", "required", "YYYY-MM", "the first cohort's month of first purchase"
+    ),
+    _docs.ParamDoc(
+        "cohorts", "integer", "required", "months", "how many monthly cohorts, from first_month on"
+    ),
+    _docs.ParamDoc("months", "integer", "required", "months", "months since the first, 0 (the cohort) on"),
+    _docs.ParamDoc("time_field", "field", "time", "-", "the field holding each row's time"),
+)
 _DAY_RANGE = 1e6  # days beyond ±2700 years are not times (and would overflow datetime64)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -43,6 +44,16 @@ INFO = AnalysisInfo(
 )
 MAX_STEPS = 20
 _PARAMS = frozenset({"steps", "window_days", "event_field", "time_field", "since", "until"})
+PARAMS = (
+    _docs.ParamDoc(
+        "steps", "texts", "required", "-", "the ordered event types, 2 to 20, e.g. visit,cart,buy"
+    ),
+    _docs.ParamDoc("window_days", "number", "required", "days", "every step within this long of the first"),
+    _docs.ParamDoc("event_field", "field", "event_type", "-", "the field holding each row's event type"),
+    _docs.ParamDoc("time_field", "field", "time", "-", "the field holding each row's time"),
+    _docs.ParamDoc("since", "text", "-", "YYYY-MM-DD", "count events from this day on"),
+    _docs.ParamDoc("until", "text", "-", "YYYY-MM-DD", "count events up to this day (inclusive)"),
+)
 
 
 def plan(spec: JobSpec, fields: Mapping[str, FieldSchema], *, survivors_t: int, n_nodes: int) -> v.VectorPlan:

@@ -50,6 +50,7 @@ import numpy as np
 
 from tessera.core.analyses import customer_table as ct
 from tessera.core.analyses import kmeans_math as km
+from tessera.core.analyses import kmeans_spec
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
@@ -77,6 +78,7 @@ INFO = AnalysisInfo(
     stages=v.DP_STAGES,
     min_nodes=3,
 )
+PARAMS = kmeans_spec.PARAMS  # what `tessera analyses` lists
 
 
 def start(spec: JobSpec) -> Public:
@@ -395,7 +397,7 @@ def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, An
         "init": s["init"],
         "clusters": clusters,
         "sizes_from": "assignments of the last iteration (before its centroid update)",
-        "budget": s["budget"],
+        "budget_split": s["budget"],
         "min_cohort_size": released["min_cohort_size"],
         "rounds_run": round_no,
         "model": {

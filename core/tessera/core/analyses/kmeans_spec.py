@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.core.analyses import customer_table as ct
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses.program import Public, rho_total
 from tessera.core.errors import InvalidRequest
@@ -40,6 +41,25 @@ _PARAMS = frozenset(
         "time_field",
         "amount_field",
     }
+)
+
+
+PARAMS = (
+    _docs.ParamDoc("features", "texts", "required", "-", "numeric fields, customers.<field> or rfm.recency…"),
+    _docs.ParamDoc("lower", "numbers", "required", "feature units", "each feature's clip bound below"),
+    _docs.ParamDoc("upper", "numbers", "required", "feature units", "each feature's clip bound above"),
+    _docs.ParamDoc("log_features", "texts", "-", "-", "features taken as log1p (lower bound at least 0)"),
+    _docs.ParamDoc("k", "integer", "required", "clusters", "how many clusters, 2 to 64"),
+    _docs.ParamDoc("iterations", "integer", "5", "rounds", "DP Lloyd iterations"),
+    _docs.ParamDoc("init", "choice", "grid", "-", "grid (DP coreset of a grid) or random"),
+    _docs.ParamDoc("seed", "integer", "0", "-", "seed of the public randomness (starts, k-means++)"),
+    _docs.ParamDoc("clip_sd", "number", "3", "sd", "standardised features are clipped to ± this"),
+    _docs.ParamDoc("stats_share", "number", "0.15", "fraction of ε", "budget of the statistics round"),
+    _docs.ParamDoc("init_share", "number", "0.15", "fraction of ε", "budget of the grid round"),
+    _docs.ParamDoc("population", "integer", "-", "customers", "a public estimate: checks k before any round"),
+    _docs.ParamDoc("reference_date", "text", "-", "YYYY-MM-DD", "for rfm.* features: counted back from it"),
+    _docs.ParamDoc("time_field", "field", "time", "-", "for rfm.* features: each row's time"),
+    _docs.ParamDoc("amount_field", "field", "amount", "-", "for rfm.* features: each row's amount"),
 )
 
 

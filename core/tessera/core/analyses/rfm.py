@@ -24,6 +24,8 @@ long gone and low value), resolved into one cell each where published charts ove
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -83,10 +85,13 @@ def quantiles_from_histogram(
     in ``log1p`` inside the bin where the cumulative share reaches each level.
 
     Negative noisy counts count as 0 (post-processing). The result is non-decreasing and lies in
-    the bin that holds the true quantile when the histogram is exact; with ``integer`` (whole-number
-    data) it is rounded to the nearest integer, which is the true quantile wherever bins are
-    narrower than 1 (and within a bin elsewhere). Raises ``InvalidRequest``
-    when the histogram holds no mass (nothing to place boundaries on).
+    the bin that holds the true quantile when the histogram is exact. With ``integer`` (whole-number
+    data) the bin's mass is spread evenly over the integers the bin holds (``integer_span``), not
+    over its width, and the quantile is the integer where the cumulative share reaches the level
+    (numpy's ``inverted_cdf``): exact wherever a bin holds one integer. Rounding the interpolated
+    width instead was one day off at CDNOW's recency quintiles (bins 20 days wide at 450 days),
+    which cost 1.5% of label agreement even without noise. Raises ``InvalidRequest`` when the
+    histogram holds no mass (nothing to place boundaries on).
     """
     c = np.clip(np.asarray(counts, dtype=np.float64), 0.0, None)
     total = float(c.sum())
@@ -98,13 +103,42 @@ def quantiles_from_histogram(
     out = []
     for level in levels:
         b = int(np.clip(np.searchsorted(cumulative, level, side="left") - 1, 0, bins - 1))
-        inside = 0.0 if c[b] == 0 else (level - cumulative[b]) / (c[b] / total)
-        position = (b + float(np.clip(inside, 0.0, 1.0))) / bins
-        out.append(float(np.expm1(position * log_upper)))
+        inside = float(np.clip(0.0 if c[b] == 0 else (level - cumulative[b]) / (c[b] / total), 0.0, 1.0))
+        span = integer_span(b, upper=upper, bins=bins) if integer else None
+        if span is not None:
+            first, last = span
+            # A share that lands exactly on an integer's cumulative mass is that integer (1e-9:
+            # float error must not push it to the next one).
+            out.append(float(first + max(math.ceil(inside * (last - first + 1) - 1e-9), 1) - 1))
+        else:
+            out.append(float(np.expm1((b + inside) / bins * log_upper)))
     values = np.maximum.accumulate(np.array(out))
     if integer:
         values = np.minimum(np.round(values), upper)
     return tuple(float(x) for x in values)
+
+
+def integer_span(b: int, *, upper: float, bins: int) -> tuple[int, int] | None:
+    """The first and last integer that ``log_bins`` puts in bin ``b`` (None: the bin holds none)."""
+    edges = log_edges(upper, bins)
+
+    def bin_of(x: int) -> int:
+        return int(log_bins([float(x)], upper=upper, bins=bins)[0])
+
+    top = math.floor(upper)
+    first = min(max(math.floor(edges[b]), 0), top)
+    while first <= top and bin_of(first) < b:
+        first += 1
+    while first > 0 and bin_of(first - 1) >= b:
+        first -= 1
+    last = min(max(math.ceil(edges[b + 1]), 0), top)
+    while last >= 0 and bin_of(last) > b:
+        last -= 1
+    while last < top and bin_of(last + 1) <= b:
+        last += 1
+    if first > last or bin_of(first) != b:
+        return None
+    return first, last
 
 
 def score(values: npt.ArrayLike, boundaries: tuple[float, ...], *, higher_is_better: bool) -> IntArray:

@@ -10,9 +10,12 @@ CDNOW 48 bins misplaced 1.4% of customers at ε = 4 through boundary resolution,
 scripts/bench_segments.py), equal-width
 in ``log1p`` over ``[0, recency_max]``, ``[0, frequency_max]``, ``[0, monetary_max]``; values above
 are clamped into the last bin). A customer adds 1 to one bin of each: L∞ = 1, L1 = 3, L2 = √3;
-ρ₁ = ``boundary_share``·ρ (default 0.3). The driver reads the consortium's quintiles of each
-axis from the noisy histograms (``rfm.quantiles_from_histogram``: post-processing) and sends them
-to every node as round 2's public input.
+ρ₁ = ``boundary_share``·ρ (default 0.5: the boundaries decide every customer's segment, so
+they are worth half the budget; on CDNOW local-label agreement with the noiseless boundaries is
+98.0% at 0.3 and 98.8% at 0.5 at ε = 1, 95.4% and 97.9% at ε = 0.5, and the MAE of segment shares
+falls with it, while the cell statistics' intervals widen by √(0.7/0.5) ≈ 1.18x). The driver reads the
+consortium's quintiles of each axis from the noisy histograms (``rfm.quantiles_from_histogram``:
+post-processing) and sends them to every node as round 2's public input.
 
 Round 2 — the segment table. Each node scores its customers 1-5 per axis against those
 boundaries and maps them to the 11 named segments (``rfm`` documents the grid), per public group
@@ -41,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from tessera.core.analyses import customer_table as ct
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses import params as p
 from tessera.core.analyses import rfm
 from tessera.core.analyses import vector as v
@@ -73,6 +77,20 @@ _PARAMS = frozenset(
         "churn_field",
         "boundary_share",
     }
+)
+PARAMS = (
+    _docs.ParamDoc(
+        "reference_date", "text", "required", "YYYY-MM-DD", "recency is counted back from this day"
+    ),
+    _docs.ParamDoc("monetary_max", "number", "required", "amount units", "monetary values are clipped to it"),
+    _docs.ParamDoc("recency_max", "number", "1095", "days", "recency histogram range (longer is clamped)"),
+    _docs.ParamDoc("frequency_max", "number", "200", "purchases", "frequency histogram range"),
+    _docs.ParamDoc("bins", "integer", "128", "bins", "log-scaled bins per axis for the boundaries"),
+    _docs.ParamDoc("churn_field", "field", "-", "-", "a bool label for churn rates, e.g. customers.churned"),
+    _docs.ParamDoc("boundary_share", "number", "0.5", "fraction of ε", "budget of the boundaries' round"),
+    _docs.ParamDoc("time_field", "field", "time", "-", "the field holding each row's time"),
+    _docs.ParamDoc("amount_field", "field", "amount", "-", "the field holding each row's amount"),
+    *_docs.GROUPS,
 )
 _ROUND2_SPLIT = {"count": 0.4, "monetary": 0.3, "churn": 0.3}
 _ROUND2_SPLIT_NO_CHURN = {"count": 0.55, "monetary": 0.45}
@@ -109,7 +127,7 @@ def _settings(spec: JobSpec, fields: Mapping[str, FieldSchema]) -> dict[str, Any
         if schema.type not in p.NUMERIC_TYPES | {"date"}:
             raise InvalidRequest(f"parameter {param!r} must name a numeric or date field")
         names[param] = name
-    share_1 = p.number_param(spec, "boundary_share", default=0.3)
+    share_1 = p.number_param(spec, "boundary_share", default=0.5)
     if not 0 < share_1 < 1:
         raise InvalidRequest("parameter 'boundary_share' must be in (0, 1)")
     churn = spec.params.get("churn_field")
@@ -450,7 +468,7 @@ def step(spec: JobSpec, *, round_no: int, public: Public, released: dict[str, An
         "group_by": released["group_by"],
         "segments": released["cells"],
         "min_cohort_size": released["min_cohort_size"],
-        "budget": split,
+        "budget_split": split,
         "model": {
             "kind": "rfm",
             "reference_date": spec.params["reference_date"],

@@ -84,7 +84,7 @@ def test_with_noise_at_epsilon_1_the_clusters_are_found(init: str) -> None:
     steps, _, spent = run(spec, CUSTOMERS, nodes, rng=rng)
     result = steps[-1].result
     assert result is not None and spent == pytest.approx(rho_total(spec))
-    assert result["budget"]["init"] == pytest.approx(0.15 * rho_total(spec) if init == "grid" else 0.0)
+    assert result["budget_split"]["init"] == pytest.approx(0.15 * rho_total(spec) if init == "grid" else 0.0)
     points = np.concatenate([np.stack([n["x"], n["y"]], 1) for n in nodes])
     centroids = np.array([[c["centroid"]["x"], c["centroid"]["y"]] for c in result["clusters"]])
     reference = km.best_of(points, 4, rng=np.random.default_rng(0))

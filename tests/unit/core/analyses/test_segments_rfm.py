@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 from _segments_helpers import TRANSACTIONS, cdnow, run, split
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tessera.core.analyses import customer_table as ct
 from tessera.core.analyses import rfm, rfm_segments
@@ -159,7 +161,7 @@ def test_the_program_with_noise_at_epsilon_1_on_cdnow() -> None:
     steps, _, spent = run(spec, TRANSACTIONS, nodes, rng=np.random.default_rng(1))
     result = steps[-1].result
     assert result is not None and spent <= rho_total(spec) * (1 + 1e-12)
-    assert result["budget"]["round1"] == pytest.approx(0.3)
+    assert result["budget_split"]["round1"] == pytest.approx(0.5)
     cells = [c for c in result["segments"] if c["group"] == "north" and not c["suppressed"]]
     assert sum(c["share"]["value"] for c in cells) == pytest.approx(1.0, abs=0.05)
     for c in cells:
@@ -230,3 +232,38 @@ def test_the_rounds_spend_exactly_the_total_and_the_plan_reads_the_joined_fields
         "transactions": ("time", "amount", "customer"),
         "customers": ("churned", "region", "customer_id"),
     }
+
+
+@pytest.mark.parametrize("upper", [600.0, 100.0, 1095.0])
+def test_integer_span_is_what_log_bins_does(upper: float) -> None:
+    bins = 128
+    values = np.arange(0, int(upper) + 1)
+    where = rfm.log_bins(values.astype(float), upper=upper, bins=bins)
+    for b in range(bins):
+        inside = values[where == b]
+        span = rfm.integer_span(b, upper=upper, bins=bins)
+        assert span == ((int(inside[0]), int(inside[-1])) if inside.size else None)
+
+
+@given(
+    per_integer=st.lists(st.integers(0, 40), min_size=128, max_size=128),
+    upper=st.sampled_from([600.0, 200.0]),
+)
+@settings(max_examples=60, deadline=None)
+def test_integer_quantiles_are_exact_when_a_bin_spreads_evenly_over_its_integers(
+    per_integer: list[int], upper: float
+) -> None:
+    """Each bin's integers hold the same number of customers: the DP-free quantiles are numpy's."""
+    bins = 128
+    values = []
+    for b, count in enumerate(per_integer):
+        span = rfm.integer_span(b, upper=upper, bins=bins)
+        if span is not None:
+            for x in range(span[0], span[1] + 1):
+                values += [float(x)] * count
+    if not values:
+        return
+    x = np.array(values)
+    counts = np.bincount(rfm.log_bins(x, upper=upper, bins=bins), minlength=bins)
+    got = rfm.quantiles_from_histogram(counts, upper=upper, integer=True)
+    assert got == tuple(float(q) for q in np.quantile(x, rfm.LEVELS, method="inverted_cdf"))
