@@ -177,6 +177,10 @@ def render_result(doc: dict[str, Any]) -> None:
                     if any(f["tier"] == tier for f in dataset["fields"])
                 ]
                 console.print(f"    {dataset['name']}: " + " | ".join(groups), highlight=False)
+    elif result_doc.get("analysis") == "churn_model" and "model" in result_doc:
+        from tessera.cli.churn_view import render_churn
+
+        render_churn(result_doc)
     elif result_doc.get("cells") is not None:
         render_dp(result_doc)
     elif result_doc.get("bgnbd"):

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from tessera.cli import analyses_cmd, coordinator_cmd, demo, job_cmd, node_cmd, pki_cmd, policy_cmd
+from tessera.cli import analyses_cmd, coordinator_cmd, demo, job_cmd, model_cmd, node_cmd, pki_cmd, policy_cmd
 from tessera.core import __version__
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(policy_cmd.app, name="policy", help="Lint and compare policy files
 app.add_typer(coordinator_cmd.app, name="coordinator")
 app.add_typer(node_cmd.app, name="node")
 app.add_typer(job_cmd.app, name="job")
+app.add_typer(model_cmd.app, name="model")
 app.command("nodes")(job_cmd.nodes)
 app.command("audit")(job_cmd.audit)
 app.command("budget")(job_cmd.budget)

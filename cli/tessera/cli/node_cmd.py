@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli import clv_cmd, egress_cmd, identity_cmd, segments_cmd, vault_cmd
+from tessera.cli import clv_cmd, egress_cmd, identity_cmd, score_cmd, segments_cmd, vault_cmd
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, LogFile, LogFormat, LogLevel, PkiDir
 from tessera.client.agent import NodeAgent, NodeConfig
@@ -25,6 +25,7 @@ app = typer.Typer(help="Run a partner's node beside its data.", no_args_is_help=
 vault_cmd.register(app)  # init, ingest, quality, rotate-keys, purge, erase, lookup, egress
 app.command("clv")(clv_cmd.clv)  # predictions from a released clv_fit model, at home
 segments_cmd.register(app)  # segments: label this node's customers with a released model
+score_cmd.register(app)  # score: each customer's churn risk from a released model card
 identity_cmd.register(app)  # merges, unmerge
 egress_cmd.register(app)  # egress report|verify, budget
 

@@ -64,7 +64,8 @@ def held_out(ids: IntArray, *, seed: str, share: float) -> np.ndarray:
 def customers(layout: Mapping[str, Any], data: Mapping[str, Any], *, with_label: bool) -> Customers:
     """The node's customers and their raw values under ``layout`` (a plan's or a model card's)."""
     key = layout["key"]
-    if any(f in ct.RFM for f in layout["numeric"]):
+    # A file of one row per customer may carry the RFM values as columns (``tessera model predict``).
+    if any(f in ct.RFM for f in layout["numeric"]) and not layout.get("rfm_as_columns"):
         table: ct.Rfm | None = ct.rfm(
             data, key=key, time=layout["time"], amount=layout["amount"], reference_day=layout["reference_day"]
         )
@@ -82,8 +83,7 @@ def customers(layout: Mapping[str, Any], data: Mapping[str, Any], *, with_label:
 
     columns = []
     for name, read in zip(layout["numeric"], layout["read"], strict=True):
-        if name in ct.RFM:
-            assert table is not None
+        if table is not None and name in ct.RFM:
             columns.append(table.feature(name))
         else:
             columns.append(attribute(read).astype(np.float64))
