@@ -17,7 +17,7 @@ from tessera.core.analyses import churn_features as cf
 from tessera.core.analyses.churn_spec import SCORE_LOGIT_RANGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core" / "analyses"))
-from _churn_helpers import FIELDS, nodes_of, population, spec, train  # noqa: E402
+from _churn_helpers import FIELDS, nodes_of, population, spec, train
 
 runner = CliRunner()
 
