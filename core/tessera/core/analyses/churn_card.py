@@ -28,6 +28,7 @@ import numpy as np
 
 from tessera.core.analyses import churn_features as cf
 from tessera.core.analyses import customer_table as ct
+from tessera.core.analyses.churn_spec import NO_PURCHASE_AFTER
 from tessera.core.dp import rho_to_epsilon
 from tessera.core.errors import InvalidRequest
 from tessera.core.types import JobSpec
@@ -97,7 +98,9 @@ def layout_of(model: Mapping[str, Any], *, dataset: str, key: str | None, join: 
         "categorical": tuple(str(f) for f in model["categorical"]),
         "read": tuple(f if f in ct.RFM else ct.read_name(dataset, f) for f in numeric),
         "read_categorical": tuple(ct.read_name(dataset, f) for f in model["categorical"]),
-        "read_label": ct.read_name(dataset, str(model["label"])),
+        "read_label": str(model["label"])
+        if model["label"] == NO_PURCHASE_AFTER
+        else ct.read_name(dataset, str(model["label"])),
         "lower": tuple(model["lower"]),
         "upper": tuple(model["upper"]),
         "log": tuple(bool(x) for x in model["log"]),
@@ -111,6 +114,7 @@ def layout_of(model: Mapping[str, Any], *, dataset: str, key: str | None, join: 
         "time": model.get("time_field"),
         "amount": model.get("amount_field"),
         "reference_day": None,
+        "label_end_day": None,
     }
     if len(layout["w"]) != 1 + len(numeric) + sum(len(k) for k in layout["kept"]):
         raise InvalidRequest("the churn model's coefficients do not match its columns")

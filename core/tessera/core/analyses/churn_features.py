@@ -29,6 +29,7 @@ import numpy as np
 
 from tessera.core.analyses import customer_table as ct
 from tessera.core.analyses import params as p
+from tessera.core.analyses.churn_spec import NO_PURCHASE_AFTER
 from tessera.core.analyses.vector import FloatArray, IntArray
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -64,8 +65,10 @@ def held_out(ids: IntArray, *, seed: str, share: float) -> np.ndarray:
 def customers(layout: Mapping[str, Any], data: Mapping[str, Any], *, with_label: bool) -> Customers:
     """The node's customers and their raw values under ``layout`` (a plan's or a model card's)."""
     key = layout["key"]
+    derived_label = with_label and layout["read_label"] == NO_PURCHASE_AFTER
     # A file of one row per customer may carry the RFM values as columns (``tessera model predict``).
-    if any(f in ct.RFM for f in layout["numeric"]) and not layout.get("rfm_as_columns"):
+    rfm_rows = any(f in ct.RFM for f in layout["numeric"]) and not layout.get("rfm_as_columns")
+    if rfm_rows or derived_label:
         table: ct.Rfm | None = ct.rfm(
             data, key=key, time=layout["time"], amount=layout["amount"], reference_day=layout["reference_day"]
         )
@@ -90,12 +93,24 @@ def customers(layout: Mapping[str, Any], data: Mapping[str, Any], *, with_label:
     x = np.stack(columns, axis=1) if columns else np.zeros((pop.size, 0))
     keep = np.all(np.isfinite(x), axis=1)
     label = np.full(pop.size, np.nan)
-    if with_label:
+    if derived_label:
+        label = _no_purchase_after(layout, data, pop)
+    elif with_label:
         raw = attribute(layout["read_label"]).astype(np.float64)
         label = np.where(np.isfinite(raw), (raw > 0.5).astype(np.float64), np.nan)
         keep &= np.isfinite(label)
     cats = tuple(np.asarray(attribute(read), dtype=object)[keep] for read in layout["read_categorical"])
     return Customers(pop.ids[keep], x[keep], cats, label[keep])
+
+
+def _no_purchase_after(layout: Mapping[str, Any], data: Mapping[str, Any], pop: ct.Population) -> FloatArray:
+    """1 for a customer without a row after the reference day up to ``label_end_day``, else 0."""
+    day = np.floor(np.asarray(data[layout["time"]], dtype=np.float64))
+    after = np.isfinite(day) & (day > layout["reference_day"]) & (day <= layout["label_end_day"])
+    ids = ct.key_column(data, layout["key"])
+    bought = np.isin(pop.ids, ids[after & (ids >= 0)])
+    out: FloatArray = np.where(bought, 0.0, 1.0)
+    return out
 
 
 def unit_moments(layout: Mapping[str, Any], x: FloatArray) -> FloatArray:

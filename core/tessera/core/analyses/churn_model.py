@@ -51,6 +51,7 @@ from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.analyses.churn_eval import evaluate
 from tessera.core.analyses.churn_spec import (
     MAX_WEIGHT,
+    NO_PURCHASE_AFTER,
     PARAMS,
     SCORE_LOGIT_RANGE,
     VALUE_BITS,
@@ -99,6 +100,7 @@ _LAYOUT_KEYS = (
     "time",
     "amount",
     "reference_day",
+    "label_end_day",
 )
 
 
@@ -109,9 +111,11 @@ def start(spec: JobSpec) -> Public:
 def _fields(s: Mapping[str, Any]) -> tuple[str, ...]:
     """Every field any round reads (the same in all rounds, so a node reads its data once)."""
     reads = [f for f in s["read"] if f not in ct.RFM]
-    if any(f in ct.RFM for f in s["numeric"]):
+    if any(f in ct.RFM for f in s["numeric"]) or s["label"] == NO_PURCHASE_AFTER:
         reads = [s["time"], s["amount"], *reads]
-    reads += [*s["read_categorical"], s["read_label"]]
+    reads += list(s["read_categorical"])
+    if s["label"] != NO_PURCHASE_AFTER:
+        reads.append(s["read_label"])
     if any(ct.qualified(f)[0] == ct.JOINED for f in reads):
         reads.append(s["join"])
     return p.touched(s["key"], *reads)
@@ -464,6 +468,7 @@ def _result(
         "columns": names,
         "w": list(public["w"]),
         "reference_date": spec.params.get("reference_date"),
+        "label_end": spec.params.get("label_end"),
         "time_field": spec.params.get("time_field", "time"),
         "amount_field": spec.params.get("amount_field", "amount"),
         "split_seed": s["split_seed"],

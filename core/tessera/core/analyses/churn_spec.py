@@ -42,13 +42,33 @@ DEFAULTS: dict[str, Any] = {
     "amount_field": "amount",
 }
 _PARAMS = frozenset(
-    {"label", "features", "lower", "upper", "log_features", "categories", "reference_date", "initial_clip"}
+    {
+        "label",
+        "features",
+        "lower",
+        "upper",
+        "log_features",
+        "categories",
+        "reference_date",
+        "label_end",
+        "initial_clip",
+    }
     | set(DEFAULTS)
 )
-SCORE_LOGIT_RANGE = 8.0  # scores are binned on equal logit widths over [-8, 8] (ends open)
+SCORE_LOGIT_RANGE = 8.0
+# A label derived from the rows themselves: 1 when the customer has no row after the reference
+# day up to ``label_end`` (churned), 0 when it has one. Features then come from before the day.
+NO_PURCHASE_AFTER = (
+    "rfm.no_purchase_after"  # scores are binned on equal logit widths over [-8, 8] (ends open)
+)
 
 PARAMS = (
-    _docs.ParamDoc("label", "field", "required", "-", "the 0/1 churn label (e.g. customers.churned)"),
+    _docs.ParamDoc(
+        "label", "field", "required", "-", "the 0/1 churn label (customers.churned, or rfm.no_purchase_after)"
+    ),
+    _docs.ParamDoc(
+        "label_end", "text", "-", "-", "rfm.no_purchase_after: the last day looked at (YYYY-MM-DD)"
+    ),
     _docs.ParamDoc(
         "features",
         "texts",
@@ -132,7 +152,7 @@ def _check_schema(spec: JobSpec, fields: Mapping[str, FieldSchema], s: Mapping[s
     own = ct.own_fields(fields)
     key = p.customer_key(own)
     for name in (s["label"], *s["features"]):
-        if name in ct.RFM:
+        if name in ct.RFM or name == NO_PURCHASE_AFTER:
             continue
         dataset, _ = ct.qualified(name)
         if key is not None and (dataset is None or dataset == spec.dataset):
@@ -149,9 +169,9 @@ def _check_schema(spec: JobSpec, fields: Mapping[str, FieldSchema], s: Mapping[s
         if Tier(schema.tier) is Tier.CORE_SENSITIVE:  # attribute_schema refuses it; never rely on one
             raise PolicyViolation(f"field {name!r} is core_sensitive", code="policy.core_sensitive_field")
     out: dict[str, Any] = {"key": key, "join": ct.join_key(fields), "time": None, "amount": None}
-    if any(f in ct.RFM for f in s["features"]):
+    if any(f in ct.RFM for f in s["features"]) or s["label"] == NO_PURCHASE_AFTER:
         if key is None:
-            raise InvalidRequest("rfm.* features derive from rows per customer: use a transactions dataset")
+            raise InvalidRequest("rfm.* values derive from rows per customer: use a transactions dataset")
         for param in ("time_field", "amount_field"):
             named = spec.params.get(param, DEFAULTS[param])
             if not isinstance(named, str) or p.field_schema(own, named).type not in p.NUMERIC_TYPES | {
@@ -168,7 +188,12 @@ def settings(spec: JobSpec, fields: Mapping[str, FieldSchema] | None = None) -> 
     if "group_by" in spec.params:
         raise InvalidRequest("churn_model does not group its results")
     label = spec.params.get("label")
-    if not isinstance(label, str) or not label or label in ct.RFM:
+    if (
+        not isinstance(label, str)
+        or not label
+        or label in ct.RFM
+        or (label.startswith("rfm.") and label != NO_PURCHASE_AFTER)
+    ):
         raise InvalidRequest("parameter 'label' is required and must name the 0/1 churn field")
     features = _names(spec, "features", required=True)
     if not 1 <= len(features) <= MAX_FEATURES:
@@ -225,7 +250,7 @@ def settings(spec: JobSpec, fields: Mapping[str, FieldSchema] | None = None) -> 
         "categorical": cats,
         "read": tuple(f if f in ct.RFM else ct.read_name(spec.dataset, f) for f in numeric),
         "read_categorical": tuple(ct.read_name(spec.dataset, f) for f in cats),
-        "read_label": ct.read_name(spec.dataset, label),
+        "read_label": label if label == NO_PURCHASE_AFTER else ct.read_name(spec.dataset, label),
         "lower": lower,
         "upper": upper,
         "log": log,
@@ -260,8 +285,15 @@ def settings(spec: JobSpec, fields: Mapping[str, FieldSchema] | None = None) -> 
     }
     if not 0 <= s["l2"] <= 10:
         raise InvalidRequest("parameter 'l2' must be between 0 and 10")
-    if any(f in ct.RFM for f in features):
+    if any(f in ct.RFM for f in features) or label == NO_PURCHASE_AFTER:
         s["reference_day"] = ct.day_param(spec, "reference_date")
+    s["label_end_day"] = None
+    if label == NO_PURCHASE_AFTER:
+        s["label_end_day"] = ct.day_param(spec, "label_end")
+        if s["label_end_day"] <= s["reference_day"]:
+            raise InvalidRequest("parameter 'label_end' must be after 'reference_date'")
+    elif "label_end" in spec.params:
+        raise InvalidRequest("parameter 'label_end' applies to the label rfm.no_purchase_after only")
     if fields is not None:
         s |= _check_schema(spec, fields, s)
     return s

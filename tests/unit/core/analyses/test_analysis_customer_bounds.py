@@ -248,6 +248,22 @@ CHURN_CUSTOMERS: dict[str, ParamValue] = {
     "rounds": 1,
     "holdout": 0.5,
 }
+CHURN_AFTER: dict[str, ParamValue] = {
+    "label": "rfm.no_purchase_after",
+    "label_end": "1970-09-01",
+    "features": ("rfm.frequency", "customers.tenure"),
+    "lower": (0.0, 0.0),
+    "upper": (50.0, 60.0),
+    "reference_date": "1970-07-01",
+    "rounds": 1,
+}
+_CHURN_AFTER = {
+    "mean": [3.0, 20.0],
+    "sd": [1.0, 10.0],
+    "kept": [],
+    "w": [0.5, -1.0, 2.0],
+    "prep": {"customers": 10.0, "churners": 3.0, "category_counts": []},
+}
 _CHURN3 = {
     **_MEAN3,
     "kept": [["n", "s"]],
@@ -282,6 +298,9 @@ PROGRAM_ROUNDS: list[tuple[str, str, dict[str, ParamValue], int, dict[str, Any]]
     ("churn_model", "transactions", CHURN_RFM, 2, {**_CHURN3, "clip": 1.5}),
     ("churn_model", "transactions", CHURN_RFM, 3, {**_CHURN3, "clip": 0.01}),
     ("churn_model", "transactions", CHURN_RFM, 4, _CHURN3),
+    ("churn_model", "transactions", CHURN_AFTER, 1, {}),
+    ("churn_model", "transactions", CHURN_AFTER, 2, {**_CHURN_AFTER, "clip": 0.7}),
+    ("churn_model", "transactions", CHURN_AFTER, 3, _CHURN_AFTER),
     ("churn_model", "customers", CHURN_CUSTOMERS, 1, {}),
     ("churn_model", "customers", CHURN_CUSTOMERS, 2, {**_CHURN1, "clip": 3.0}),
     ("churn_model", "customers", CHURN_CUSTOMERS, 3, _CHURN1),

@@ -124,3 +124,47 @@ def test_the_held_out_split_is_keyed_deterministic_and_of_the_asked_size() -> No
     assert abs(a.mean() - 0.2) < 0.005
     b = cf.held_out(ids, seed="s2", share=0.2)
     assert 0.02 < (a & b).mean() < 0.06  # another key: an independent split
+
+
+def test_cdnow_churn_without_noise_matches_a_central_fit() -> None:
+    """CDNOW: churned = no purchase in the final six months; RFM features as of 1997-12-31."""
+    from _clv_helpers import FIELDS as TX_FIELDS
+    from _clv_helpers import cdnow, split
+
+    from tessera.core.analyses.churn_simulate import run
+
+    linear = pytest.importorskip("sklearn.linear_model")
+    metrics = pytest.importorskip("sklearn.metrics")
+    nodes = split(cdnow("CDNOW_master.txt"), 3)
+    job = JobSpec(
+        analysis="churn_model",
+        dataset="transactions",
+        epsilon=1.0,
+        delta=1e-6,
+        params={
+            "label": "rfm.no_purchase_after",
+            "reference_date": "1997-12-31",
+            "label_end": "1998-06-30",
+            "features": ("rfm.recency", "rfm.frequency", "rfm.monetary"),
+            "lower": (0.0, 1.0, 0.0),
+            "upper": (365.0, 50.0, 2000.0),
+            "log_features": ("rfm.frequency", "rfm.monetary"),
+            "l2": 0.0,
+        },
+    )
+    trace = run(churn_model, job, TX_FIELDS, nodes, noise=False, rng=np.random.default_rng(0))
+    plan = churn_model.plan(job, TX_FIELDS, survivors_t=3, n_nodes=3, round_no=2, public=trace.publics[1])
+    layout = {**plan.layout, "w": trace.result["model"]["w"]}
+    xs, ys, holds, scores = [], [], [], []
+    for data in nodes:
+        people = cf.customers(layout, data, with_label=True)
+        xs.append(cf.design(layout, people))
+        ys.append(people.label)
+        holds.append(cf.held_out(people.ids, seed=layout["split_seed"], share=layout["holdout"]))
+        scores.append(cf.scores(layout, people))
+    x, y, hold, s = (np.concatenate(a) for a in (xs, ys, holds, scores))
+    assert 23_000 < y.size <= 23_570 and 0.5 < y.mean() < 0.8  # most CDNOW buyers lapse
+    central = linear.LogisticRegression(C=1e6, max_iter=2000).fit(x[~hold, 1:], y[~hold])
+    central_auc = metrics.roc_auc_score(y[hold], central.predict_proba(x[hold, 1:])[:, 1])
+    assert abs(metrics.roc_auc_score(y[hold], s[hold]) - central_auc) < 0.003
+    assert central_auc > 0.75
