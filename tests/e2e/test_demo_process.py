@@ -38,7 +38,13 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     assert port_is_free(int((out / "coordinator" / "port").read_text()))
     dp = [j for j in results["jobs"] if j["analysis"] != "inventory"]
     one_round = {"count", "sum", "mean", "histogram", "quantiles"}
-    assert {j["analysis"] for j in dp} == one_round | {"mean_descent", "clv_fit", "rfm_segments", "kmeans"}
+    assert {j["analysis"] for j in dp} == one_round | {
+        "mean_descent",
+        "clv_fit",
+        "rfm_segments",
+        "kmeans",
+        "churn_model",
+    }
     assert all(j["status"] == "succeeded" for j in dp)
     assert all("coverage" in j["result"] for j in dp if j["analysis"] in one_round)
     (descent,) = (j["result"] for j in dp if j["analysis"] == "mean_descent")

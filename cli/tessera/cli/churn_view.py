@@ -33,6 +33,9 @@ def render_churn(doc: Mapping[str, Any]) -> None:
         f"{ev['holdout_customers']:,.0f} held-out customers",
         highlight=False,
     )
+    truth = doc.get("true") or {}
+    if "auc" in truth:
+        console.print(f"  the same model trained without noise (demo only): AUC {truth['auc']:.3f}")
     table = Table(title="coefficients (numeric: per sd; categories: against 'other')", show_edge=False)
     table.add_column("column")
     table.add_column("coefficient", justify="right")

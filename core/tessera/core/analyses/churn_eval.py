@@ -2,7 +2,8 @@
 it post-processing of the released noisy counts).
 
 AUC: the probability that a churner's score exceeds a non-churner's, with scores in the same bin
-counted as half (Mann-Whitney on binned scores; negative noisy counts count 0). Log-loss: each
+counted as half (Mann-Whitney on binned scores, on the raw noisy counts, negative ones included:
+the statistic is bilinear in two independently noised histograms, so it stays nearly unbiased). Log-loss: each
 bin's customers at the bin's centre probability. Calibration: per bin, the centre probability
 beside the observed churn rate, and the expected calibration error weighted by bin size.
 
@@ -26,8 +27,10 @@ NOISE_REPLICATES = 200
 
 def auc(negatives: npt.ArrayLike, positives: npt.ArrayLike) -> float:
     """Binned AUC from the two histograms (bins in ascending score order)."""
-    neg = np.clip(np.asarray(negatives, dtype=np.float64), 0.0, None)
-    pos = np.clip(np.asarray(positives, dtype=np.float64), 0.0, None)
+    # Noisy counts are NOT clipped at 0: the AUC is a bilinear form of two independently noised
+    # histograms, so raw counts keep it nearly unbiased; clipping would bias it towards 0.5.
+    neg = np.asarray(negatives, dtype=np.float64)
+    pos = np.asarray(positives, dtype=np.float64)
     n_neg, n_pos = float(neg.sum()), float(pos.sum())
     if n_neg <= 0 or n_pos <= 0:
         return math.nan
@@ -36,7 +39,6 @@ def auc(negatives: npt.ArrayLike, positives: npt.ArrayLike) -> float:
 
 
 def _auc_rows(neg: FloatArray, pos: FloatArray) -> FloatArray:
-    neg, pos = np.clip(neg, 0.0, None), np.clip(pos, 0.0, None)
     below = np.concatenate([np.zeros((neg.shape[0], 1)), np.cumsum(neg, axis=1)[:, :-1]], axis=1)
     denom = np.maximum(neg.sum(axis=1) * pos.sum(axis=1), 1e-12)
     out: FloatArray = np.sum(pos * (below + 0.5 * neg), axis=1) / denom
@@ -63,7 +65,7 @@ def evaluate(
     """AUC with its interval, log-loss and the calibration table from the noisy histograms."""
     neg = np.asarray(negatives, dtype=np.float64)
     pos = np.asarray(positives, dtype=np.float64)
-    a = auc(neg, pos)
+    a = float(np.clip(auc(neg, pos), 0.0, 1.0))
     n_neg, n_pos = float(np.clip(neg, 0, None).sum()), float(np.clip(pos, 0, None).sum())
     rng = np.random.default_rng(seed)  # public randomness: post-processing only
     replicate = _auc_rows(

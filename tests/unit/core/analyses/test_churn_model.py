@@ -58,8 +58,12 @@ def test_the_rounds_spend_exactly_the_reserved_budget() -> None:
 
 def test_adaptive_clipping_moves_towards_the_target_quantile() -> None:
     nodes = nodes_of(population(20_000), 3)
-    low = train(spec(epsilon=50.0, initial_clip=0.05, rounds=10), nodes, noise=True).metrics
-    high = train(spec(epsilon=50.0, initial_clip=20.0, rounds=10), nodes, noise=True).metrics
+    low = train(
+        spec(epsilon=50.0, initial_clip=0.05, rounds=10, clip_quantile=0.5), nodes, noise=True
+    ).metrics
+    high = train(
+        spec(epsilon=50.0, initial_clip=20.0, rounds=10, clip_quantile=0.5), nodes, noise=True
+    ).metrics
     assert low[-2]["clip"] > 0.05 * 1.5  # too small a bound grows…
     assert high[-2]["clip"] < 20.0 / 1.5  # …too large a bound shrinks
     assert 0.3 < high[-2]["within_clip"] <= 1.0
