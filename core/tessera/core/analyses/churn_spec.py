@@ -155,7 +155,10 @@ def _check_schema(spec: JobSpec, fields: Mapping[str, FieldSchema], s: Mapping[s
         if name in ct.RFM or name == NO_PURCHASE_AFTER:
             continue
         dataset, _ = ct.qualified(name)
-        if key is not None and (dataset is None or dataset == spec.dataset):
+        # The customers dataset is one row per customer (One ID merges duplicates; a customer's
+        # first row with a value counts): its own fields are per-customer attributes.
+        mine = dataset is None or dataset == spec.dataset
+        if key is not None and mine and spec.dataset != ct.JOINED:
             raise InvalidRequest(
                 f"field {name!r}: this dataset has many rows per customer; name customer fields as "
                 "customers.<field> or derived ones as rfm.recency, rfm.frequency, rfm.monetary"
