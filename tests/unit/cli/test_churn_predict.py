@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from tessera.cli.main import app
@@ -79,3 +80,46 @@ def test_predict_refuses_a_file_without_the_model_s_columns(tmp_path: Path) -> N
     result = runner.invoke(app, ["model", "predict", "--model", str(bad), str(data_path)])
     assert result.exit_code == 1
     assert "no churn model" in result.output
+
+
+def test_the_card_and_the_job_result_render_as_tables(tmp_path: Path) -> None:
+    from tessera.cli.job_cmd import render_result
+
+    nodes = nodes_of(population(6000, seed=6), 3)
+    trace = train(spec(epsilon=4.0, rounds=2), nodes, noise=True)
+    rounds = [
+        {"round": i + 1, "rho": r, "survivors": ["a", "b", "c"], "dropped": [], "metric": m}
+        for i, (r, m) in enumerate(zip(trace.rho, trace.metrics, strict=True))
+    ]
+    body = {
+        **trace.result,
+        "rounds": rounds,
+        "budget": {
+            "rho_reserved": sum(trace.rho),
+            "rho_used": sum(trace.rho),
+            "epsilon_used": 4.0,
+            "delta": 1e-6,
+        },
+    }
+    card = churn_card.build_card({"job_id": "j9", "result": body}, policy_hashes={"a": "f" * 64})
+    assert card["privacy"]["participants"]["a"]["epsilon"] == pytest.approx(4.0, rel=1e-3)
+    assert card["privacy"]["participants"]["a"]["policy_hash"] == "f" * 64
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(card), encoding="utf-8")
+    result = runner.invoke(app, ["model", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "held-out AUC" in result.output
+        and "region=north" in result.output
+        and "ffffffffffff" in result.output
+    )
+    render_result(
+        {
+            "job_id": "j9",
+            "analysis": "churn_model",
+            "status": "succeeded",
+            "error": "",
+            "vetoes": [],
+            "result": body,
+        }
+    )
