@@ -164,6 +164,13 @@ def main() -> None:
             if r == 1:
                 first[stage] = sec
     out["stage_seconds_total"] = {k: round(v, 3) for k, v in totals.items()}
+    # One middle round's events, as offsets from its first: what the stage totals are made of.
+    middle = by_round.get(max(2, len(by_round) // 2), [])
+    if middle:
+        t0 = middle[0].at.seconds + middle[0].at.nanos / 1e9
+        out["middle_round_events"] = [
+            [round(e.at.seconds + e.at.nanos / 1e9 - t0, 3), e.message] for e in middle
+        ]
     out["round1_stage_seconds"] = first
     out["auc"] = ((doc.get("result") or {}).get("evaluation") or {}).get("auc")
     out |= node_compute(job, data[fed.names[0]], args.nodes)
