@@ -123,3 +123,16 @@ def test_the_card_and_the_job_result_render_as_tables(tmp_path: Path) -> None:
             "result": body,
         }
     )
+
+
+def test_the_cli_parses_churn_model_parameters_by_kind() -> None:
+    from tessera.cli.analyses_cmd import param_kinds
+    from tessera.cli.job_cmd import _param
+
+    kinds = param_kinds("churn_model")
+    assert _param("lower=0,1,0", kinds) == ("lower", (0.0, 1.0, 0.0))
+    assert _param("features=rfm.recency,rfm.monetary", kinds) == ("features", ("rfm.recency", "rfm.monetary"))
+    assert _param("categories=region=north,region=south", kinds) == (
+        "categories",
+        ("region=north", "region=south"),
+    )
