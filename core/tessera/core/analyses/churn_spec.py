@@ -23,17 +23,17 @@ OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")
 # Within the preprocessing round: the counts (customers, positives, categories) and the moments.
 PREP_SPLIT = {"counts": 0.3, "moments": 0.7}
 DEFAULTS: dict[str, Any] = {
-    "rounds": 20,
+    "rounds": 30,
     "optimizer": "fedadam",
-    "server_lr": 0.1,
+    "server_lr": 0.15,
     "client_lr": 1.0,
     "l2": 1e-4,
     "clip_sd": 4.0,
-    "clip_quantile": 0.9,
+    "clip_quantile": 0.95,
     "clip_rate": 0.3,
     "holdout": 0.2,
     "split_seed": "tessera-churn",
-    "score_bins": 20,
+    "score_bins": 25,
     "min_category_count": 20.0,
     "prep_share": 0.1,
     "eval_share": 0.1,
@@ -55,7 +55,7 @@ _PARAMS = frozenset(
     }
     | set(DEFAULTS)
 )
-SCORE_LOGIT_RANGE = 8.0
+SCORE_LOGIT_RANGE = 5.0  # scores are binned on equal logit widths over [-5, 5] (ends open)
 # A label derived from the rows themselves: 1 when the customer has no row after the reference
 # day up to ``label_end`` (churned), 0 when it has one. Features then come from before the day.
 NO_PURCHASE_AFTER = (
@@ -81,14 +81,14 @@ PARAMS = (
     _docs.ParamDoc("log_features", "texts", "-", "-", "numeric features to log1p before standardising"),
     _docs.ParamDoc("categories", "texts", "-", "-", "public categories as feature=value (others: 'other')"),
     _docs.ParamDoc("reference_date", "text", "required with rfm.*", "-", "RFM as of this day (YYYY-MM-DD)"),
-    _docs.ParamDoc("rounds", "integer", "20", "rounds", "DP gradient rounds (the budget covers them all)"),
+    _docs.ParamDoc("rounds", "integer", "30", "rounds", "DP gradient rounds (the budget covers them all)"),
     _docs.ParamDoc("optimizer", "choice", "fedadam", "-", "server step: fedavg, fedadam or fedyogi (flwr)"),
-    _docs.ParamDoc("server_lr", "number", "0.1", "-", "the server optimiser's step size (eta)"),
+    _docs.ParamDoc("server_lr", "number", "0.15", "-", "the server optimiser's step size (eta)"),
     _docs.ParamDoc("client_lr", "number", "1.0", "-", "the virtual client's step on the mean gradient"),
     _docs.ParamDoc("l2", "number", "1e-4", "-", "ridge penalty on the coefficients (not the intercept)"),
     _docs.ParamDoc("holdout", "number", "0.2", "share", "customers held out for the evaluation"),
-    _docs.ParamDoc("score_bins", "integer", "20", "bins", "bins of the DP score histograms"),
-    _docs.ParamDoc("clip_quantile", "number", "0.9", "-", "adaptive clipping's target quantile of norms"),
+    _docs.ParamDoc("score_bins", "integer", "25", "bins", "bins of the DP score histograms"),
+    _docs.ParamDoc("clip_quantile", "number", "0.95", "-", "adaptive clipping's target quantile of norms"),
 )
 
 
