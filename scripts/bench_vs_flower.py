@@ -25,9 +25,9 @@ sample; the report gives the median and spread of those paired ratios over ``--r
 CPU time of this process (``time.process_time``: what another process on the machine does
 cannot inflate it) and in wall time. Both kernels run on one thread here.
 
-flwr is not a dependency of Tessera and cannot share its environment as pinned (flwr 1.41.0 needs
-rich < 15); run this in a scratch venv, see scripts/README.md. Not run by pytest. Usage:
-``/tmp/flwr-venv/bin/python scripts/bench_vs_flower.py [--size N] [--peers P] [--runs R]`` (a few seconds).
+flwr 1.41.0 is Tessera's coordinator extra and in ``dev`` (scripts/README.md says why this
+benchmark once needed a venv of its own). Not run by pytest. Usage:
+``.venv/bin/python scripts/bench_vs_flower.py [--size N] [--peers P] [--runs R]`` (a few seconds).
 """
 
 from __future__ import annotations
@@ -61,10 +61,8 @@ SEED = 20261123
 T = TypeVar("T")
 
 INSTALL_HINT = (
-    "bench_vs_flower.py needs Flower, which is not installed here. Install it into a separate venv, "
-    "never into the project's .venv: `pip install flwr==1.41.0` there, beside Tessera installed with "
-    "--no-deps and its pins except rich (flwr 1.41.0 needs rich<15, Tessera pins rich==15.0.0); "
-    "the exact commands are in scripts/README.md."
+    "bench_vs_flower.py needs Flower, which is not installed here: install Tessera with its dev extras "
+    "(`pip install -e '.[dev]'`, which brings flwr 1.41.0), as scripts/dev does."
 )
 
 NOTE = (

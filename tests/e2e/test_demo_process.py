@@ -42,7 +42,7 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     dp = [j for j in results["jobs"] if j["analysis"] != "inventory"]
     one_round = {"count", "sum", "mean", "histogram", "quantiles"}
     segments = {"rfm_segments", "kmeans", "funnel", "cohort_retention"}
-    assert {j["analysis"] for j in dp} == one_round | {"mean_descent", "clv_fit"} | segments
+    assert {j["analysis"] for j in dp} == one_round | {"mean_descent", "clv_fit", "churn_model"} | segments
     assert all(j["status"] == "succeeded" for j in dp)
     beside_truth = one_round | {"funnel", "cohort_retention"}
     assert all("coverage" in j["result"] for j in dp if j["analysis"] in beside_truth)

@@ -14,9 +14,9 @@ from tessera.cli._common import console
 
 def analysis_modules() -> list[Any]:
     """The analysis modules, in the order `tessera analyses` lists them (numpy is imported here)."""
-    from tessera.core.analyses import inventory, kmeans, mean_descent, registry, rfm_segments
+    from tessera.core.analyses import churn_model, inventory, kmeans, mean_descent, registry, rfm_segments
 
-    return [inventory, *registry.VECTOR_ANALYSES.values(), mean_descent, rfm_segments, kmeans]
+    return [inventory, *registry.VECTOR_ANALYSES.values(), mean_descent, rfm_segments, kmeans, churn_model]
 
 
 def param_kinds(analysis: str) -> dict[str, str]:

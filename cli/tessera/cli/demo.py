@@ -31,7 +31,7 @@ from tessera.cli.demo_data import (
     write_events,
     write_transactions,
 )
-from tessera.cli.demo_truth import add_truth
+from tessera.cli.demo_truth import add_truth, write_churn_cards
 from tessera.cli.job_cmd import render_result
 from tessera.client.vault.ingest import Ingestor
 from tessera.client.vault.mapping import mapping_for_columns
@@ -263,6 +263,19 @@ def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
                 k=4,
                 iterations=3,
             ),
+            # Churn: no purchase in the final six months, from RFM as of the end of 1997.
+            tx(
+                "churn_model",
+                label="rfm.no_purchase_after",
+                reference_date="1997-12-31",
+                label_end="1998-06-30",
+                features=("rfm.recency", "rfm.frequency", "rfm.monetary"),
+                lower=(0.0, 1.0, 0.0),
+                upper=(365.0, 50.0, 2000.0),
+                log_features=("rfm.frequency", "rfm.monetary"),
+                rounds=8,  # few rounds keep the demo fast; a bigger share to the held-out AUC
+                eval_share=0.3,
+            ),
         ]
         if with_cdnow
         else []
@@ -444,6 +457,7 @@ def demo(
         "ok": not failed,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_churn_cards(out, results, node_list)
     console.print()
     for doc in results:
         render_result(doc)

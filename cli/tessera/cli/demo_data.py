@@ -39,7 +39,7 @@ def customer_id(seed: int, i: int) -> str:
 
 
 # Fields nodes derive at home from released models (CLV predictions, segment and cluster labels).
-HOME_DERIVED = frozenset({*DERIVED_FIELDS, "rfm_segment", "cluster"})
+HOME_DERIVED = frozenset({*DERIVED_FIELDS, "rfm_segment", "cluster", "churn_risk"})
 
 
 def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed: int) -> None:

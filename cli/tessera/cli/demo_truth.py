@@ -7,6 +7,7 @@ next to every released cell, so coverage of the 95% intervals can be checked fro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,8 @@ def add_truth(
     """
     if spec.analysis == "mean_descent":
         return _descent_truth(doc, spec, partners)
+    if spec.analysis == "churn_model":
+        return _churn_truth(doc, spec, partners)
     if spec.analysis in ("rfm_segments", "kmeans"):
         return doc  # the truth of a segmentation is its local labels: see `tessera node segments`
     if spec.analysis == "clv_fit":
@@ -99,3 +102,33 @@ def coverage(cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
             released += 1
             inside += int(low <= true <= high)
     return {"released": released, "inside_ci95": inside}
+
+
+def _churn_truth(
+    doc: dict[str, Any], spec: JobSpec, partners: Mapping[str, tuple[Policy, Mapping[str, Path]]]
+) -> dict[str, Any]:
+    """Beside the DP model: the same program run without noise on the same partners' data."""
+    from tessera.core.analyses import churn_model
+    from tessera.core.analyses.churn_simulate import run
+
+    survivors = [n for n in doc.get("survivors", partners) if n in partners]
+    sources = [CsvDataSource({spec.dataset: partners[n][1][spec.dataset]}, partners[n][0]) for n in survivors]
+    schema = next(d for d in sources[0].schemas() if d.name == spec.dataset)
+    fields = {f.name: f for f in schema.fields}
+    job = analysis_spec(spec)
+    plan = churn_model.plan(job, fields, survivors_t=len(sources), n_nodes=len(sources))
+    datas = [read_for_plan(src, spec.dataset, plan.fields) for src in sources]
+    plain = run(churn_model, job, fields, datas, noise=False, rng=np.random.default_rng(0)).result
+    doc["true"] = {"auc": plain["evaluation"]["auc"]["value"], "coefficients": plain["coefficients"]}
+    return doc
+
+
+def write_churn_cards(out: Path, results: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> None:
+    """Each successful churn_model job's model card as ``churn-card.json`` (the demo's last one)."""
+    from tessera.core.analyses.churn_card import build_card
+
+    hashes = {n["node_id"]: n["policy_hash"] for n in nodes}
+    for doc in results:
+        if doc.get("analysis") == "churn_model" and doc.get("status") == "succeeded":
+            card = build_card(doc, policy_hashes=hashes)
+            (out / "churn-card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

@@ -193,6 +193,10 @@ def render_result(doc: dict[str, Any]) -> None:
                 console.print(f"    {dataset['name']}: " + " | ".join(groups), highlight=False)
     elif result_tables.render(doc["analysis"], result_doc):
         pass  # rfm_segments, kmeans, funnel, cohort_retention: their own tables
+    elif result_doc.get("analysis") == "churn_model" and "model" in result_doc:
+        from tessera.cli.churn_view import render_churn
+
+        render_churn(result_doc)
     elif result_doc.get("cells") is not None:
         render_dp(result_doc)
     elif result_doc.get("bgnbd"):

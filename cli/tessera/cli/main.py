@@ -25,6 +25,7 @@ class TesseraGroup(LazyGroup):
         "coordinator": LazyCommand("tessera.cli.coordinator_cmd", "app", "Run the central coordinator."),
         "node": LazyCommand("tessera.cli.node_cmd", "app", "Run a partner's node beside its data."),
         "job": LazyCommand("tessera.cli.job_cmd", "app", "Submit and follow jobs (analysts)."),
+        "model": LazyCommand("tessera.cli.model_cmd", "app", "Churn model cards and scoring with them."),
         "nodes": LazyCommand(
             "tessera.cli.job_cmd", "nodes", "List enrolled nodes: online, last seen, version, policy."
         ),

@@ -49,6 +49,7 @@ class NodeGroup(LazyGroup):
         "lookup": _cmd("vault_cmd", "lookup", "Decrypt one customer's record on this node (audited)."),
         "clv": _cmd("clv_cmd", "clv", "Predict purchases, P(alive) and CLV of this node's customers."),
         "segments": _cmd("segments_cmd", "segments", "Label this node's customers with a released model."),
+        "score": _cmd("score_cmd", "score", "Score this node's customers with a churn model card."),
         "merges": _cmd(
             "identity_cmd", "merges", "List One ID's merges: kept and merged customer, rules, rows."
         ),

@@ -34,6 +34,7 @@ def test_shipped_partner_policies_cover_the_demo_columns() -> None:
     common = {"customer_id", "name", "email", "phone", "region", "channel", "signup_date"}
     common |= {"tenure_months", "monthly_spend", "churned"}
     common |= {"rfm_segment", "cluster"}  # derived at home by `tessera node segments --store`
+    common |= {"churn_risk"}  # scored at home by `tessera node score --store`
     extra = {"bank": {"national_id"}, "telco": {"plan"}, "retailer": {"loyalty_tier"}}
     derived = set(DERIVED_FIELDS)  # written at home by `tessera node clv --store`, never ingested
     for partner, own in extra.items():

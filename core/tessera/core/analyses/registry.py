@@ -52,10 +52,10 @@ VECTOR_ANALYSES: dict[str, VectorAnalysis] = _vector_analyses()
 
 
 def _programs() -> dict[str, Program]:
-    from tessera.core.analyses import clv_fit, kmeans, mean_descent, rfm_segments
+    from tessera.core.analyses import churn_model, clv_fit, kmeans, mean_descent, rfm_segments
 
     one_round: dict[str, Program] = {name: OneRound(m) for name, m in VECTOR_ANALYSES.items()}
-    many: list[Any] = [mean_descent, rfm_segments, kmeans, clv_fit]
+    many: list[Any] = [mean_descent, rfm_segments, kmeans, clv_fit, churn_model]
     return one_round | {m.INFO.name: m for m in many}
 
 

@@ -228,6 +228,55 @@ KM_CUSTOMERS: dict[str, ParamValue] = {
 _MEAN3 = {"mean": [50.0, 3.0, 20.0], "sd": [30.0, 1.0, 10.0]}
 _CENTROIDS3 = [[-1.0, 0.0, 0.5], [0.0, 1.0, -2.0], [2.0, -1.0, 0.0]]
 _MEAN2 = {"mean": [20.0, 100.0], "sd": [10.0, 80.0]}
+CHURN_RFM: dict[str, ParamValue] = {
+    "label": "customers.churned",
+    "features": ("rfm.recency", "rfm.monetary", "customers.tenure", "customers.region"),
+    "lower": (0.0, 0.0, 0.0),
+    "upper": (365.0, 1000.0, 60.0),
+    "log_features": ("rfm.monetary",),
+    "categories": ("customers.region=n", "customers.region=s"),
+    "reference_date": "1970-07-01",
+    "rounds": 2,
+    "holdout": 0.4,
+}
+CHURN_CUSTOMERS: dict[str, ParamValue] = {
+    "label": "spend",  # any number: above 0.5 is a churner
+    "features": ("tenure", "region"),
+    "lower": (0.0,),
+    "upper": (60.0,),
+    "categories": ("region=n", "region=s", "region=e"),
+    "rounds": 1,
+    "holdout": 0.5,
+}
+CHURN_AFTER: dict[str, ParamValue] = {
+    "label": "rfm.no_purchase_after",
+    "label_end": "1970-09-01",
+    "features": ("rfm.frequency", "customers.tenure"),
+    "lower": (0.0, 0.0),
+    "upper": (50.0, 60.0),
+    "reference_date": "1970-07-01",
+    "rounds": 1,
+}
+_CHURN_AFTER = {
+    "mean": [3.0, 20.0],
+    "sd": [1.0, 10.0],
+    "kept": [],
+    "w": [0.5, -1.0, 2.0],
+    "prep": {"customers": 10.0, "churners": 3.0, "category_counts": []},
+}
+_CHURN3 = {
+    **_MEAN3,
+    "kept": [["n", "s"]],
+    "w": [-1.0, 0.5, -2.0, 0.3, 1.0, -0.5],
+    "prep": {"customers": 10.0, "churners": 3.0, "category_counts": [[1.0, 2.0, 3.0]]},
+}
+_CHURN1 = {
+    "mean": [20.0],
+    "sd": [10.0],
+    "kept": [["n", "e"]],
+    "w": [0.2, -1.5, 2.0, 0.7],
+    "prep": {"customers": 10.0, "churners": 3.0, "category_counts": [[1.0, 2.0, 3.0, 4.0]]},
+}
 # (analysis, dataset, params, round, public input)
 PROGRAM_ROUNDS: list[tuple[str, str, dict[str, ParamValue], int, dict[str, Any]]] = [
     ("rfm_segments", "transactions", RFM_SPEC, 1, {}),
@@ -245,6 +294,16 @@ PROGRAM_ROUNDS: list[tuple[str, str, dict[str, ParamValue], int, dict[str, Any]]
     ("mean_descent", "transactions", {"field": "amount", "lower": 0.0, "upper": 100.0, "rounds": 3}, 2,
      {"theta": [40.0]}),
     ("clv_fit", "transactions", {"calibration_end": "1970-06-01"}, 1, {}),  # {}: the program's start
+    ("churn_model", "transactions", CHURN_RFM, 1, {}),
+    ("churn_model", "transactions", CHURN_RFM, 2, {**_CHURN3, "clip": 1.5}),
+    ("churn_model", "transactions", CHURN_RFM, 3, {**_CHURN3, "clip": 0.01}),
+    ("churn_model", "transactions", CHURN_RFM, 4, _CHURN3),
+    ("churn_model", "transactions", CHURN_AFTER, 1, {}),
+    ("churn_model", "transactions", CHURN_AFTER, 2, {**_CHURN_AFTER, "clip": 0.7}),
+    ("churn_model", "transactions", CHURN_AFTER, 3, _CHURN_AFTER),
+    ("churn_model", "customers", CHURN_CUSTOMERS, 1, {}),
+    ("churn_model", "customers", CHURN_CUSTOMERS, 2, {**_CHURN1, "clip": 3.0}),
+    ("churn_model", "customers", CHURN_CUSTOMERS, 3, _CHURN1),
 ]  # fmt: skip
 
 
