@@ -55,9 +55,15 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def _buffer(size: int) -> tuple[bytearray, int]:
-    buf = bytearray(size)
-    return buf, ctypes.addressof((ctypes.c_char * max(size, 1)).from_buffer(buf))
+def _address(buf: bytearray) -> int:
+    # The buffer must outlive every use of the address and never be resized.
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+def _buffer(size: int, content: bytes | None = None) -> tuple[bytearray, int]:
+    """A writable buffer of ``size`` bytes (at least one, so it has an address) and its address."""
+    buf = bytearray(content) if content else bytearray(max(size, 1))
+    return buf, _address(buf)
 
 
 def random_scalar() -> bytes:
@@ -125,6 +131,8 @@ def hash_and_blind(scalar: bytes, kind: str, values: list[str]) -> bytes:
     """``H(kind, v)^scalar`` for every value, concatenated (one libsodium call pair per value)."""
     lib = _lib()
     scalar = _scalar(scalar)
+    if not values:
+        return b""
     out, out_addr = _buffer(ELEMENT_BYTES * len(values))
     _point, point_addr = _buffer(ELEMENT_BYTES)
     digest_buf, digest_addr = _buffer(HASH_BYTES)
@@ -147,8 +155,9 @@ def blind(scalar: bytes, elements: bytes) -> bytes:
     lib = _lib()
     scalar = _scalar(scalar)
     n = len(elements) // ELEMENT_BYTES
-    src = bytearray(elements)
-    src_addr = ctypes.addressof((ctypes.c_char * max(len(src), 1)).from_buffer(src))
+    if n == 0:
+        return b""
+    _src, src_addr = _buffer(len(elements), elements)
     out, out_addr = _buffer(len(elements))
     mult = lib.crypto_scalarmult_ristretto255
     for i in range(n):
@@ -167,8 +176,9 @@ def random_elements(count: int) -> bytes:
 
     lib = _lib()
     out, out_addr = _buffer(ELEMENT_BYTES * count)
-    src = bytearray(os.urandom(HASH_BYTES * count))
-    src_addr = ctypes.addressof((ctypes.c_char * max(len(src), 1)).from_buffer(src))
+    if count == 0:
+        return b""
+    _src, src_addr = _buffer(HASH_BYTES * count, os.urandom(HASH_BYTES * count))
     for i in range(count):
         lib.crypto_core_ristretto255_from_hash(out_addr + ELEMENT_BYTES * i, src_addr + HASH_BYTES * i)
     return bytes(out)
