@@ -89,7 +89,8 @@ def draw_counts(plan: DummyPlan, size: int, *, rng: np.random.Generator) -> np.n
 def truncated_pmf(plan: DummyPlan) -> np.ndarray:
     """P(Z = z) for z = -T..T of one party's truncated noise."""
     _, w = _weights(plan.sigma, plan.cap, 0)
-    return w / w.sum()
+    out: np.ndarray = w / w.sum()
+    return out
 
 
 def interval(
@@ -105,7 +106,7 @@ def interval(
     offsets = np.arange(-(a.cap + b.cap), a.cap + b.cap + 1)
     cdf = np.cumsum(pmf)
     tail = (1 - level) / 2
-    lo_noise = int(offsets[np.searchsorted(cdf, tail)])
-    hi_noise = int(offsets[min(len(offsets) - 1, np.searchsorted(cdf, 1 - tail))])
+    lo_noise = int(offsets[int(np.searchsorted(cdf, tail))])
+    hi_noise = int(offsets[min(len(offsets) - 1, int(np.searchsorted(cdf, 1 - tail)))])
     centre = count - (a.cap + b.cap)
     return float(centre), max(0, centre - hi_noise), max(0, centre - lo_noise)
