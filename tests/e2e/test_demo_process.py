@@ -38,9 +38,22 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     assert port_is_free(int((out / "coordinator" / "port").read_text()))
     dp = [j for j in results["jobs"] if j["analysis"] != "inventory"]
     one_round = {"count", "sum", "mean", "histogram", "quantiles"}
-    assert {j["analysis"] for j in dp} == one_round | {"mean_descent", "clv_fit", "rfm_segments", "kmeans"}
+    assert {j["analysis"] for j in dp} == one_round | {
+        "mean_descent",
+        "clv_fit",
+        "rfm_segments",
+        "kmeans",
+        "overlap",
+    }
     assert all(j["status"] == "succeeded" for j in dp)
     assert all("coverage" in j["result"] for j in dp if j["analysis"] in one_round)
+    (overlap,) = (j["result"] for j in dp if j["analysis"] == "overlap")
+    assert {(p["a"], p["b"]) for p in overlap["pairs"]} == {
+        ("bank", "retailer"),
+        ("bank", "telco"),
+        ("retailer", "telco"),
+    }
+    assert all(p["status"] == "released" and p["true"] > 0 for p in overlap["pairs"])
     (descent,) = (j["result"] for j in dp if j["analysis"] == "mean_descent")
     assert descent["rounds_run"] == 3 and len(descent["rounds"]) == 3 and descent["true_means"]
     (clv,) = (j["result"] for j in dp if j["analysis"] == "clv_fit")

@@ -230,6 +230,8 @@ def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
         tx("histogram", per_customer="count", lower=0.0, upper=30.0, bins=10),
         # A job of many rounds: each round steps every region's theta from the last released one.
         dp("mean_descent", rounds=3, learning_rate=1.0, group_by="region", groups=REGIONS, **spend),
+        # How many customers each pair of partners shares (PSI cardinality, DP), never who.
+        make("overlap", "customers", {"identifier": "email"}),
     ] + (
         # Lifetime value on the real CDNOW purchases, calibrated and held out as in FHL 2005.
         [

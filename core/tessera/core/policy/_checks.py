@@ -280,7 +280,7 @@ def _check_overlap(doc: PolicyDoc, out: _Collector) -> None:
                     f"{', '.join(OVERLAP_IDENTIFIERS)}.",
                 )
             elif kind not in fields:
-                out.error(
+                out.warn(
                     path,
                     f"{quoted(kind)} is not a core_sensitive field of any dataset, so there is nothing "
                     "to match on.",
