@@ -150,6 +150,25 @@ def test_counts_are_exact_without_noise_and_normalised(
         assert row["status"] == "released" and row["estimate"] == truth, (pair, row)
 
 
+def test_lists_in_many_parts_count_the_same(
+    fed: Federation, no_noise: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tessera.core.psi.wire as wire
+
+    monkeypatch.setattr(wire, "PART_ELEMENTS", 7)  # every list in several messages and tasks
+    _start(fed)
+    with fed.analyst() as client:
+        job_id = client.submit(JobSpec(analysis="overlap", purpose="research", epsilon=1.0, delta=1e-6))
+        events = list(client.watch(job_id, timeout_s=60))
+        doc = client.result_document(job_id)
+    assert doc["status"] == "succeeded", doc
+    for pair, truth in TRUE.items():
+        assert _table(doc)[tuple(sorted(pair))]["estimate"] == truth
+    assert any("sent part" in e.message for e in events) or len(events) > 4
+    relayed = fed.store.tasks_for(job_id, round=2)  # type: ignore[union-attr]
+    assert len(relayed) > 3 * 2  # one task per relayed part
+
+
 def test_filters_select_customers_on_each_side(fed: Federation, no_noise: None) -> None:
     _start(fed)
     doc = _run(fed, identifier="email", filter=("bank:region=north",))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tessera.coordinator.overlap")
 BLIND_ROUND, REBLIND_ROUND = 1, 2
+PROGRESS_EVERY_S = 0.5
 
 
 @dataclass
@@ -59,6 +61,7 @@ class OverlapRelay:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
         self._jobs: dict[str, _Overlap] = {}
+        self._shown: dict[str, float] = {}  # job -> when its last part-progress event was written
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
@@ -143,8 +146,26 @@ class OverlapRelay:
             book.add(frame)
             done = all(book.whole(p) for p in mine if p in state.live)
         if not done:
+            self._progress(task.job_id, node_id, frame)
             return True
         return self._close(task)
+
+    def _progress(self, job_id: str, node_id: str, frame: Frame) -> None:
+        """A large list arrives in many parts: say so, at most every ``PROGRESS_EVERY_S``."""
+        last = self._shown.get(job_id, 0.0)
+        if time.monotonic() - last < PROGRESS_EVERY_S:
+            return
+        self._shown[job_id] = time.monotonic()
+        state = self._jobs[job_id]
+        self.jobs.store.update_job(
+            job_id,
+            now=self.jobs.clock(),
+            status_detail=f"{_stage_name(state.round)}: receiving lists in parts",
+            event=f"{_stage_name(state.round)}: {node_id} sent part {frame.part + 1} of {frame.parts} "
+            f"of its list for pair {'-'.join(state.pairs[frame.pair])}",
+            stage=Stage.PSI,
+        )
+        self.jobs.notifier.notify(job=job_id)
 
     def _close(self, task: TaskRecord) -> bool:
         fresh = self.jobs.store.answer_task(task.task_id, answer=b"")
@@ -286,7 +307,7 @@ class OverlapRelay:
             reasons = "; ".join(f"{r['a']}-{r['b']}: {r.get('reason', '')}" for r in rows)
             self.jobs._fail(job.job_id, f"no pair could be counted: {reasons}", now)  # sends end notices
             return
-        self._jobs.pop(job.job_id, None)
+        self.forget(job.job_id)
         self.jobs.store.update_job(
             job.job_id,
             now=now,
@@ -302,6 +323,7 @@ class OverlapRelay:
 
     def forget(self, job_id: str) -> bool:
         """Drop a job that ended (failed, cancelled); True if it was an overlap job."""
+        self._shown.pop(job_id, None)
         return self._jobs.pop(job_id, None) is not None
 
 

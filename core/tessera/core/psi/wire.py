@@ -84,10 +84,11 @@ def split(
     *,
     public: bytes,
     expect: int = 0,
-    part_elements: int = PART_ELEMENTS,
+    part_elements: int | None = None,
 ) -> Iterator[Frame]:
-    """``elements`` as frames of at most ``part_elements`` elements each (at least one frame)."""
-    step = part_elements * ELEMENT_BYTES
+    """``elements`` as frames of at most ``part_elements`` (default ``PART_ELEMENTS``) elements
+    each (at least one frame)."""
+    step = (part_elements or PART_ELEMENTS) * ELEMENT_BYTES
     parts = max(1, -(-len(elements) // step))
     for i in range(parts):
         yield Frame(kind, pair, i, parts, elements[i * step : (i + 1) * step], public, expect)
