@@ -249,3 +249,24 @@ def test_over_budget_is_refused(fed: Federation) -> None:
     doc = _run(fed, identifier="email", epsilon=5.0)
     assert doc["status"] == "failed"
     assert "epsilon" in doc["error"]
+
+
+def test_a_spent_period_budget_refuses_the_next_job(fed: Federation) -> None:
+    tight = {
+        name: open_policy(
+            "bank",
+            name,
+            fed.work,
+            allowed_analyses=["overlap"],
+            overlap={"partners": {"*": ["email"]}, "max_jobs_per_period": 50},
+            privacy={"epsilon_per_job": 1.0, "epsilon_per_period": 1.2, "period_days": 30, "delta": 1e-6},
+        )
+        for name in PARTNERS
+    }
+    _start(fed, tight)
+    assert _run(fed, identifier="email")["status"] == "succeeded"
+    doc = _run(fed, identifier="email")
+    assert doc["status"] == "failed"
+    assert "budget" in doc["error"] or "period" in doc["error"], doc["error"]
+    for name in PARTNERS:  # the refused job reserved nothing that stays held
+        assert all(r.state.value != "reserved" for r in fed.ledgers(name).budget.history())
