@@ -151,3 +151,19 @@ def test_overlap_rules_change_the_hash_and_are_loaded(tmp_path: Path) -> None:
     assert with_rules.overlap is not None and with_rules.overlap.identifiers_for("beta") == ("email",)
     assert with_rules.overlap.identifiers_for("gamma") == ()
     assert load_policy(path).policy_hash != with_rules.policy_hash
+
+
+def test_overlap_changes_show_in_the_diff(tmp_path: Path) -> None:
+    from tessera.core.policy import diff_policies
+
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(VALID)
+    new.write_text(
+        variant(
+            ("    beta: [email]", "    beta: [email, phone]"),
+            ("  max_jobs_per_period: 2", "  max_jobs_per_period: 1"),
+        )
+    )
+    changes = {c.message for c in diff_policies(load_policy(old), load_policy(new)).changes}
+    assert "overlap with beta on phone now allowed: looser" in changes
+    assert "overlap jobs per period lowered from 2 to 1: stricter" in changes
