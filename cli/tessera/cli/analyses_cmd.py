@@ -14,9 +14,9 @@ from tessera.cli._common import console
 
 def analysis_modules() -> list[Any]:
     """The analysis modules, in the order `tessera analyses` lists them (numpy is imported here)."""
-    from tessera.core.analyses import inventory, mean_descent, registry
+    from tessera.core.analyses import inventory, mean_descent, overlap, registry
 
-    return [inventory, *registry.VECTOR_ANALYSES.values(), mean_descent]
+    return [inventory, *registry.VECTOR_ANALYSES.values(), mean_descent, overlap]
 
 
 def param_kinds(analysis: str) -> dict[str, str]:

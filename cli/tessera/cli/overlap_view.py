@@ -14,8 +14,7 @@ def render_overlap(doc: dict[str, Any]) -> None:
     filters = ", ".join(f"{k}: {v}" for k, v in doc.get("filters", {}).items())
     console.print(
         f"  customers shared, matched on {doc['identifier']}: "
-        f"ε={doc['epsilon']:g}, δ={doc['delta']:g} per node"
-        + (f"; filters {filters}" if filters else ""),
+        f"ε={doc['epsilon']:g}, δ={doc['delta']:g} per node" + (f"; filters {filters}" if filters else ""),
         highlight=False,
     )
     with_truth = any("true" in p for p in doc["pairs"])

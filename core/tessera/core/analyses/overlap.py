@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tessera.core.analyses import param_docs as _docs
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.errors import InvalidRequest
 from tessera.core.types import JobSpec, Stage
@@ -36,6 +37,18 @@ INFO = AnalysisInfo(
     resumable=False,  # the lists live in the coordinator's memory only
     stages=(Stage.PSI,),
     min_nodes=2,
+)
+
+
+PARAMS = (
+    _docs.ParamDoc("identifier", "choice", "email", "-", "what is matched: email, phone or national_id"),
+    _docs.ParamDoc(
+        "filter",
+        "texts",
+        "-",
+        "-",
+        "FIELD=VALUE (every node) or NODE:FIELD=VALUE: count only customers with that label",
+    ),
 )
 
 
