@@ -237,4 +237,5 @@ def _with_analyst(out: Outgoing, analyst: str) -> Outgoing:
     """The ledger names who asked: the job's submitter as the coordinator relayed it."""
     if not analyst or out.record.analyst:
         return out
-    return dataclasses.replace(out, record=dataclasses.replace(out.record, analyst=analyst[:128]))
+    more = tuple(_with_analyst(part, analyst) for part in out.more)
+    return dataclasses.replace(out, record=dataclasses.replace(out.record, analyst=analyst[:128]), more=more)

@@ -113,12 +113,16 @@ class OverlapRunner:
             values = self.identifiers.identifiers(params.identifier, label=label)
             plan = plan_dummies(rho=reservation.rho, pairs=len(accepted), delta=spec.delta)
             rng = secure_generator()
+            # Hashed once, blinded once per pair; with one pair hashing and blinding go together.
+            hashed = self.blinder.hash(params.identifier, values) if len(accepted) > 1 else None
             sides: dict[int, PairSide] = {}
             lists: list[Frame] = []
             for i in accepted:
                 side, extra = PairSide.new(plan, rng=rng)
                 sides[i] = side
-                blinded = side.blinded(params.identifier, values, extra=extra, blinder=self.blinder)
+                blinded = side.blinded(
+                    params.identifier, values, extra=extra, blinder=self.blinder, hashed=hashed
+                )
                 lists.extend(split(FrameKind.BLINDED, i, blinded, public=side.public))
         except Exception:
             with contextlib.suppress(Conflict):

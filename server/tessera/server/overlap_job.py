@@ -92,7 +92,7 @@ class OverlapRelay:
                 job_id=job.job_id,
                 outcome=f"accepted: overlap of {len(pairs)} pair(s) on {params.identifier}",
             )
-            deadline = self.jobs._deadline(job, now)
+            deadline = self._deadline(job, now)
             store.add_tasks(
                 job.job_id,
                 round=BLIND_ROUND,
@@ -229,7 +229,7 @@ class OverlapRelay:
                 )
                 queue.setdefault(receiver, []).extend(f.encode() for f in frames)
                 book.drop(i)
-        deadline = self.jobs._deadline(job, now)
+        deadline = self._deadline(job, now)
         depth = max(len(q) for q in queue.values())
         for seq in range(depth):
             inputs = {n: q[seq] for n, q in queue.items() if seq < len(q)}
@@ -320,6 +320,11 @@ class OverlapRelay:
         self.jobs._send_end(job, job.participants, now)
         self.jobs.notifier.notify(job=job.job_id)
         log.info("overlap succeeded job=%s pairs=%d released=%d", job.job_id, len(rows), released)
+
+    def _deadline(self, job: JobRecord, now: datetime) -> datetime:
+        # A stage hashes and blinds whole customer lists (about a minute per million elements
+        # and pair on two cores), so it gets the job's time, not one secure-aggregation stage's.
+        return min(now + self.jobs.job_timeout, job.spec.deadline or now + self.jobs.job_timeout)
 
     def forget(self, job_id: str) -> bool:
         """Drop a job that ended (failed, cancelled); True if it was an overlap job."""

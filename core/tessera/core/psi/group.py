@@ -148,6 +148,24 @@ def hash_and_blind(scalar: bytes, kind: str, values: list[str]) -> bytes:
     return bytes(out)
 
 
+def hash_many(kind: str, values: list[str]) -> bytes:
+    """``H(kind, v)`` for every value, concatenated: computed once per job, blinded once per pair.
+    These unblinded elements are as sensitive as the identifiers: they never leave the node."""
+    lib = _lib()
+    if not values:
+        return b""
+    out, out_addr = _buffer(ELEMENT_BYTES * len(values))
+    digest_buf, digest_addr = _buffer(HASH_BYTES)
+    prefix = hashlib.sha512(_LABEL + kind.encode("ascii") + b"\x00")
+    from_hash_fn = lib.crypto_core_ristretto255_from_hash
+    for i, value in enumerate(values):
+        h = prefix.copy()
+        h.update(value.encode("utf-8"))
+        digest_buf[:] = h.digest()
+        from_hash_fn(out_addr + ELEMENT_BYTES * i, digest_addr)
+    return bytes(out)
+
+
 def blind(scalar: bytes, elements: bytes) -> bytes:
     """Every 32-byte element of ``elements`` raised to ``scalar``; refuses a non-element."""
     if len(elements) % ELEMENT_BYTES:

@@ -55,6 +55,13 @@ class Blinder:
         parts = _slices(len(items), self.workers * 4)
         return self._map(group.hash_and_blind, [(scalar, kind, items[a:b]) for a, b in parts])
 
+    def hash(self, kind: str, values: Sequence[str]) -> bytes:
+        items = list(values)
+        if self.workers == 1 or len(items) < PARALLEL_FROM:
+            return group.hash_many(kind, items)
+        parts = _slices(len(items), self.workers * 4)
+        return self._map(group.hash_many, [(kind, items[a:b]) for a, b in parts])
+
     def blind(self, scalar: bytes, elements: bytes) -> bytes:
         n = len(elements) // group.ELEMENT_BYTES
         if self.workers == 1 or n < PARALLEL_FROM:

@@ -94,9 +94,15 @@ class PairSide:
         )
         return side, m
 
-    def blinded(self, kind: str, values: Sequence[str], *, extra: int, blinder: Blinder) -> bytes:
-        """Stage 1: ``shuffle(H(values)^a ∪ {g^{r_i}} ∪ {extra random})``; values must be distinct."""
-        real = blinder.hash_and_blind(self.scalar, kind, values)
+    def blinded(
+        self, kind: str, values: Sequence[str], *, extra: int, blinder: Blinder, hashed: bytes | None = None
+    ) -> bytes:
+        """Stage 1: ``shuffle(H(values)^a ∪ {g^{r_i}} ∪ {extra random})``; values must be distinct.
+        ``hashed``: ``H(values)`` already computed (once per job for all of a node's pairs)."""
+        if hashed is None:
+            real = blinder.hash_and_blind(self.scalar, kind, values)
+        else:
+            real = blinder.blind(self.scalar, hashed)
         dummies = b"".join(group.base_mult(r) for r in self.matched)
         return shuffle(real + dummies + group.random_elements(extra))
 

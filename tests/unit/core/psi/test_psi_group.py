@@ -89,3 +89,10 @@ def test_the_pool_gives_what_one_process_gives() -> None:
             assert blinder.blind(_scalar(8), inline) == group.blind(_scalar(8), inline)
         finally:
             parallel.PARALLEL_FROM = old
+
+
+def test_hashing_once_then_blinding_is_hashing_and_blinding() -> None:
+    values = [f"v{i}" for i in range(300)]
+    a = _scalar(11)
+    assert group.blind(a, group.hash_many("phone", values)) == group.hash_and_blind(a, "phone", values)
+    assert group.hash_many("phone", values[:1]) == group.hash_to_group("phone", "v0")
