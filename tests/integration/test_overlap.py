@@ -270,3 +270,48 @@ def test_a_spent_period_budget_refuses_the_next_job(fed: Federation) -> None:
     assert "budget" in doc["error"] or "period" in doc["error"], doc["error"]
     for name in PARTNERS:  # the refused job reserved nothing that stays held
         assert all(r.state.value != "reserved" for r in fed.ledgers(name).budget.history())
+
+
+def test_a_vault_node_sends_nothing_of_its_blind_index(fed: Federation, tmp_path: Path) -> None:
+    """bank matches from its real vault (decrypting its PII tokens): no message leaving it or
+    reaching its partners holds any of its blind indexes (hex or raw) or identifiers."""
+    import sqlalchemy as sa
+
+    from tessera.cli.demo import ingest_raw
+    from tessera.client.overlap_source import VaultIdentifiers
+    from tessera.client.vault._model import Identifier, LookupIndex
+    from tessera.client.vault.state import open_node_state
+
+    people = _people()
+    policy = _policy(fed, "bank")
+    ingest_raw(tmp_path / "bank-vault", policy, {"customers": _write(fed.work, "bank", people["bank"])})
+    state = open_node_state(tmp_path / "bank-vault", policy)
+    try:
+        with state.engine.connect() as conn:
+            indexes = list(conn.scalars(sa.select(Identifier.index))) + list(
+                conn.scalars(sa.select(LookupIndex.index))
+            )
+        assert len(indexes) >= len(people["bank"])
+
+        class VaultAgent(CapturingAgent):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["identifiers"] = VaultIdentifiers(state.engine, state.keys.cipher(), policy)
+                super().__init__(*args, **kwargs)
+
+        fed.start_node("bank", policy=policy, agent_class=VaultAgent)
+        for name in ("telco", "retailer"):
+            _write(fed.work, name, people[name])
+            fed.start_node(name, policy=_policy(fed, name), agent_class=CapturingAgent)
+        doc = _run(fed, identifier="email")
+        assert doc["status"] == "succeeded", doc
+        assert _table(doc)[("bank", "telco")]["interval"][0] <= TRUE[("bank", "telco")]
+        needles = {i.encode() for i in indexes} | {bytes.fromhex(i) for i in indexes}
+        needles |= {p["email"].strip().lower().encode() for p in people["bank"]}
+        for name in PARTNERS:
+            agent = fed.agents[name]
+            assert isinstance(agent, CapturingAgent)
+            for blob in agent.received + agent.sent:
+                assert not any(n in blob for n in needles), name
+    finally:
+        fed.close()
+        state.close()
