@@ -50,11 +50,29 @@ def _wire_bytes(kind: FrameKind, elements: bytes, public: bytes) -> int:
     return sum(len(f.encode()) for f in split(kind, 0, elements, public=public))
 
 
+def _cpu_seconds(blinder: Blinder) -> float:
+    """CPU seconds (user + system) of this process and the pool's workers so far, from /proc:
+    what another process's load cannot inflate, unlike wall time on a shared machine."""
+    pids = [os.getpid()]
+    pool = blinder._pool
+    if pool is not None:
+        pids += list(getattr(pool, "_processes", {}) or {})
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def protocol(size: int, partners: int, workers: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     sets = {p: _emails(p, size) for p in range(partners)}
     plan = plan_dummies(rho=job_rho(epsilon=1.0, delta=1e-6), pairs=partners - 1, delta=1e-6)
     seconds = dict.fromkeys(range(partners), 0.0)
+    cpu = dict.fromkeys(range(partners), 0.0)
     sent = dict.fromkeys(range(partners), 0)
     received = dict.fromkeys(range(partners), 0)
     counts, count_s = {}, 0.0
@@ -65,28 +83,32 @@ def protocol(size: int, partners: int, workers: int) -> dict[str, Any]:
         hashed: dict[int, bytes | None] = dict.fromkeys(range(partners))
         if partners > 2:  # as the node does: hash once per job, blind once per pair
             for p in range(partners):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_seconds(blinder)
                 hashed[p] = blinder.hash("email", sets[p])
                 seconds[p] += time.perf_counter() - t
+                cpu[p] += _cpu_seconds(blinder) - c
         for a, b in itertools.combinations(range(partners), 2):
             sides, lists, final = {}, {}, {}
             for p in (a, b):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_seconds(blinder)
                 sides[p], extra = PairSide.new(plan, rng=rng)
                 lists[p] = sides[p].blinded("email", sets[p], extra=extra, blinder=blinder, hashed=hashed[p])
                 seconds[p] += time.perf_counter() - t
+                cpu[p] += _cpu_seconds(blinder) - c
                 sent[p] += _wire_bytes(FrameKind.BLINDED, lists[p], sides[p].public)
             for p, q in ((a, b), (b, a)):
                 received[p] += _wire_bytes(FrameKind.BLINDED, lists[q], sides[q].public)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_seconds(blinder)
                 final[p] = sides[p].reblinded(sides[q].public, lists[q], blinder=blinder)
                 seconds[p] += time.perf_counter() - t
+                cpu[p] += _cpu_seconds(blinder) - c
                 sent[p] += _wire_bytes(FrameKind.REBLINDED, final[p], sides[p].public)
             t = time.perf_counter()
             counts[f"{a}-{b}"] = count_matches(final[a], final[b])
             count_s += time.perf_counter() - t
     return {
         "party_seconds": {str(p): round(s, 2) for p, s in seconds.items()},
+        "party_cpu_seconds": {str(p): round(s, 2) for p, s in cpu.items()},
         "party_bytes_sent": {str(p): n for p, n in sent.items()},
         "party_bytes_received": {str(p): n for p, n in received.items()},
         "coordinator_count_seconds": round(count_s, 3),
@@ -219,11 +241,18 @@ def main() -> None:
     else:
         runs = [protocol(args.size, args.partners, args.workers) for _ in range(args.runs)]
         slowest = [max(r["party_seconds"].values()) for r in runs]
+        slowest_cpu = [max(r["party_cpu_seconds"].values()) for r in runs]
         per_pair = statistics.median(slowest) / (args.partners - 1)
         cpu = doc["cpu_per_element"]
         doc |= {
             "runs": runs,
             "median_slowest_party_seconds": statistics.median(slowest),
+            "median_slowest_party_cpu_seconds": statistics.median(slowest_cpu),
+            # What one party would take alone on 2 idle cores: its CPU seconds over 2 (the pool
+            # splits the scalar multiplications evenly; the serial rest is a few per cent).
+            "projected_party_seconds_1m_per_pair_from_measured_cpu_on_2_idle_cores": round(
+                statistics.median(slowest_cpu) / 2 / (args.partners - 1) * 1_000_000 / args.size, 1
+            ),
             "median_wall_seconds": statistics.median(r["wall_seconds"] for r in runs),
             # Linear in the elements: one hash and two scalar multiplications each per pair.
             "projected_party_seconds_1m_per_pair_measured": round(per_pair * 1_000_000 / args.size, 1),
