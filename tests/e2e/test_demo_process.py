@@ -42,7 +42,8 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     dp = [j for j in results["jobs"] if j["analysis"] != "inventory"]
     one_round = {"count", "sum", "mean", "histogram", "quantiles"}
     segments = {"rfm_segments", "kmeans", "funnel", "cohort_retention"}
-    assert {j["analysis"] for j in dp} == one_round | {"mean_descent", "clv_fit", "churn_model"} | segments
+    programs = {"mean_descent", "clv_fit", "churn_model", "overlap"}
+    assert {j["analysis"] for j in dp} == one_round | programs | segments
     assert all(j["status"] == "succeeded" for j in dp)
     beside_truth = one_round | {"funnel", "cohort_retention"}
     assert all("coverage" in j["result"] for j in dp if j["analysis"] in beside_truth)
@@ -52,6 +53,13 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     (cohorts,) = (j["result"] for j in dp if j["analysis"] == "cohort_retention")
     sizes = [c["true"]["count"] for c in cohorts["cells"] if c["months_since"] == 0]
     assert sum(sizes) == 23_570  # every CDNOW customer first bought in the first quarter of 1997
+    (overlap,) = (j["result"] for j in dp if j["analysis"] == "overlap")
+    assert {(p["a"], p["b"]) for p in overlap["pairs"]} == {
+        ("bank", "retailer"),
+        ("bank", "telco"),
+        ("retailer", "telco"),
+    }
+    assert all(p["status"] == "released" and p["true"] > 0 for p in overlap["pairs"])
     (descent,) = (j["result"] for j in dp if j["analysis"] == "mean_descent")
     assert descent["rounds_run"] == 3 and len(descent["rounds"]) == 3 and descent["true_means"]
     (clv,) = (j["result"] for j in dp if j["analysis"] == "clv_fit")

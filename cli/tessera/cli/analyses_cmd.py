@@ -14,9 +14,18 @@ from tessera.cli._common import console
 
 def analysis_modules() -> list[Any]:
     """The analysis modules, in the order `tessera analyses` lists them (numpy is imported here)."""
-    from tessera.core.analyses import churn_model, inventory, kmeans, mean_descent, registry, rfm_segments
+    from tessera.core.analyses import (
+        churn_model,
+        inventory,
+        kmeans,
+        mean_descent,
+        overlap,
+        registry,
+        rfm_segments,
+    )
 
-    return [inventory, *registry.VECTOR_ANALYSES.values(), mean_descent, rfm_segments, kmeans, churn_model]
+    modules = [inventory, *registry.VECTOR_ANALYSES.values(), mean_descent, rfm_segments, kmeans]
+    return [*modules, churn_model, overlap]
 
 
 def param_kinds(analysis: str) -> dict[str, str]:

@@ -240,6 +240,8 @@ def _job_specs(*, with_cdnow: bool) -> list[JobSpec]:
         dp("mean_descent", rounds=3, learning_rate=1.0, group_by="region", groups=REGIONS, **spend),
         # A web/app funnel over the partners' synthetic events: customers reaching each step in a week.
         make("funnel", "events", {"steps": FUNNEL_STEPS, "window_days": 7.0}),
+        # How many customers each pair of partners shares (PSI cardinality, DP), never who.
+        make("overlap", "customers", {"identifier": "email"}),
     ] + (
         # Lifetime value on the real CDNOW purchases, calibrated and held out as in FHL 2005.
         [

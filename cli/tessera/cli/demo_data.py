@@ -59,7 +59,14 @@ def write_customers(policy: Policy, dataset: str, path: Path, *, rows: int, seed
     generators: dict[str, Callable[[int], object]] = {
         "customer_id": lambda i: customer_id(seed, i),
         "name": lambda i: fake.name(),
-        "email": lambda i: fake.unique.email(),
+        # Every 5th customer is a member of the consortium's shared panel: the same e-mail address
+        # at every partner (written with other capitals at some), so the overlap job has
+        # something to count. Everyone else is the partner's own.
+        "email": lambda i: (
+            (f"Member{i}@Panel.example" if seed % 2 else f"member{i}@panel.example")
+            if i % 5 == 0
+            else fake.unique.email()
+        ),
         "phone": lambda i: _phone(rng, i),
         # Unique once normalised (Faker's "ZZ 083016 T" and "ZZ 08 30 16 T" are one number).
         "national_id": lambda i: f"ZZ {(seed * 100_003 + i) % 10**6:06d} {'ABCD'[i % 4]}",

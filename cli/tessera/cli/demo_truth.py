@@ -36,6 +36,8 @@ def add_truth(
         return _churn_truth(doc, spec, partners)
     if spec.analysis in ("rfm_segments", "kmeans"):
         return doc  # the truth of a segmentation is its local labels: see `tessera node segments`
+    if spec.analysis == "overlap":
+        return _overlap_truth(doc, partners)
     if spec.analysis == "clv_fit":
         # For orientation: the published fit on the 1/10th sample of these customers.
         doc["reference"] = {"source": "Fader, Hardie & Lee 2005, on the 1/10th sample", **PAPER_BGNBD}
@@ -132,3 +134,22 @@ def write_churn_cards(out: Path, results: list[dict[str, Any]], nodes: list[dict
         if doc.get("analysis") == "churn_model" and doc.get("status") == "succeeded":
             card = build_card(doc, policy_hashes=hashes)
             (out / "churn-card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+
+
+def _overlap_truth(
+    doc: dict[str, Any], partners: Mapping[str, tuple[Policy, Mapping[str, Path]]]
+) -> dict[str, Any]:
+    """Each released pair's true number of shared e-mail addresses (normalised as the nodes do)."""
+    from tessera.client.overlap_source import CsvIdentifiers
+
+    emails = {
+        name: set(CsvIdentifiers(files, policy).identifiers("email", label=None))
+        for name, (policy, files) in partners.items()
+    }
+    covered = 0
+    released = [p for p in doc["pairs"] if p["status"] == "released"]
+    for pair in released:
+        pair["true"] = len(emails[pair["a"]] & emails[pair["b"]])
+        covered += pair["interval"][0] <= pair["true"] <= pair["interval"][1]
+    doc["coverage"] = f"{covered} of {len(released)} pair intervals hold the true count"
+    return doc

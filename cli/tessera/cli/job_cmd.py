@@ -15,6 +15,7 @@ from tessera.cli import result_tables
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.analyses_cmd import param_kinds
 from tessera.cli.options import DEFAULT_COORDINATOR, Coordinator, PkiDir, User, check_address
+from tessera.cli.overlap_view import render_overlap
 from tessera.core.errors import ConfigError, InvalidRequest
 from tessera.core.types import JobSpec, JobState, ParamValue
 
@@ -201,6 +202,8 @@ def render_result(doc: dict[str, Any]) -> None:
         render_dp(result_doc)
     elif result_doc.get("bgnbd"):
         render_clv(result_doc)
+    elif doc["analysis"] == "overlap" and result_doc.get("pairs") is not None:
+        render_overlap(result_doc)
     elif result_doc:
         main = {k: v for k, v in result_doc.items() if k not in _TRAILER}
         console.print_json(json.dumps(main))

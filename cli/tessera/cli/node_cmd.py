@@ -106,6 +106,7 @@ def serve(
     from tessera.client.agent import NodeAgent, NodeConfig, check_identity
     from tessera.client.datasource import CsvDataSource, DataSource
     from tessera.client.outgoing import open_ledgers
+    from tessera.client.overlap_source import VaultIdentifiers
     from tessera.client.vault.state import open_node_state
     from tessera.core.logs import configure_logging
     from tessera.core.pki import TlsFiles, load_tls
@@ -122,8 +123,14 @@ def serve(
     state = open_node_state(state_dir, loaded_policy, db_url=db_url)
     source: DataSource = csv_source or state.data_source
     ledgers = open_ledgers(state.engine, loaded_policy)  # in the vault's database
+    # overlap matches normalised identifiers: from the CSV served, else decrypted from the vault.
+    identifiers = None if csv_source else VaultIdentifiers(state.engine, state.keys.cipher(), loaded_policy)
     agent = NodeAgent(
-        NodeConfig(node_id=name, coordinator=coordinator, tls=tls), loaded_policy, source, ledgers
+        NodeConfig(node_id=name, coordinator=coordinator, tls=tls),
+        loaded_policy,
+        source,
+        ledgers,
+        identifiers=identifiers,
     )
 
     def _on_signal(signum: int, _frame: object) -> None:

@@ -21,6 +21,7 @@ import grpc
 from tessera.client.datasource import DataSource
 from tessera.client.dp_runner import NodeIdentity
 from tessera.client.outgoing import NodeLedgers, Outgoing
+from tessera.client.overlap_source import IdentifierSource
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
 from tessera.core.errors import ConfigError, PkiError, TesseraError
@@ -46,13 +47,26 @@ class NodeConfig:
 
 
 class NodeAgent:
-    def __init__(self, config: NodeConfig, policy: Policy, data: DataSource, ledgers: NodeLedgers) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        policy: Policy,
+        data: DataSource,
+        ledgers: NodeLedgers,
+        *,
+        identifiers: IdentifierSource | None = None,
+    ) -> None:
         self.config = config
         self.policy = policy
         self.data = data
         self.ledgers = ledgers
         self.runner = TaskRunner(
-            config.node_id, policy, data, NodeIdentity.from_tls(config.tls), ledgers.budget
+            config.node_id,
+            policy,
+            data,
+            NodeIdentity.from_tls(config.tls),
+            ledgers.budget,
+            identifiers=identifiers,
         )
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._call: grpc.Future | None = None
@@ -198,6 +212,10 @@ class NodeAgent:
 
     def _deliver(self, stub: node_pb2_grpc.NodeServiceStub, out: Outgoing) -> None:
         # The only way out of the node: recorded (and charged) in the ledger, then sent.
+        for part in out.more and (dataclasses.replace(out, more=()), *out.more):
+            self._deliver(stub, part)
+        if out.more:
+            return
         if out.message is not None:
             message = out.message
             self.ledgers.deliver(out, lambda _: stub.SubmitRoundMessage(message, timeout=RPC_TIMEOUT_S))
@@ -233,4 +251,5 @@ def _with_analyst(out: Outgoing, analyst: str) -> Outgoing:
     """The ledger names who asked: the job's submitter as the coordinator relayed it."""
     if not analyst or out.record.analyst:
         return out
-    return dataclasses.replace(out, record=dataclasses.replace(out.record, analyst=analyst[:128]))
+    more = tuple(_with_analyst(part, analyst) for part in out.more)
+    return dataclasses.replace(out, record=dataclasses.replace(out.record, analyst=analyst[:128]), more=more)

@@ -29,6 +29,8 @@ class Outgoing:
     message: node_pb2.RoundMessage | None = None
     veto: node_pb2.VetoReport | None = None
     reservation: Reservation | None = None
+    # Further messages answering the same task, sent in order after this one (a list in parts).
+    more: tuple[Outgoing, ...] = ()
 
     @property
     def payload(self) -> bytes:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from tessera.client.budget import BudgetLedger
-from tessera.client.datasource import DataSource
+from tessera.client.datasource import CsvDataSource, DataSource
 from tessera.client.dp_runner import DpRunner, NodeIdentity
 from tessera.client.egress import EgressRecord
 from tessera.client.outgoing import Outgoing
+from tessera.client.overlap_runner import OverlapRunner
+from tessera.client.overlap_source import CsvIdentifiers, IdentifierSource
 from tessera.core import __version__, serde
-from tessera.core.analyses import inventory
+from tessera.core.analyses import inventory, overlap
 from tessera.core.errors import TesseraError
 from tessera.core.policy import Policy, check_job
 from tessera.core.types import JobSpec, Stage, Veto
@@ -21,12 +23,22 @@ log = logging.getLogger("tessera.node.runner")
 
 class TaskRunner:
     def __init__(
-        self, node_id: str, policy: Policy, data: DataSource, identity: NodeIdentity, budget: BudgetLedger
+        self,
+        node_id: str,
+        policy: Policy,
+        data: DataSource,
+        identity: NodeIdentity,
+        budget: BudgetLedger,
+        *,
+        identifiers: IdentifierSource | None = None,
     ) -> None:
         self.node_id = node_id
         self.policy = policy
         self.data = data
         self.dp = DpRunner(node_id, policy, data, identity, budget)
+        if identifiers is None and isinstance(data, CsvDataSource):
+            identifiers = CsvIdentifiers(data.files, policy)
+        self.overlap = OverlapRunner(node_id, policy, identifiers, budget)
 
     def handle(self, task: node_pb2.Task) -> Outgoing:
         """Never raises for a task's content: every refusal becomes a veto with a reason."""
@@ -36,13 +48,17 @@ class TaskRunner:
             spec = serde.job_spec_from_pb(task.spec)
             if stage is Stage.LOCAL_REPORT:
                 return self._report(task, spec)
+            if spec.analysis == overlap.INFO.name:
+                return self.overlap.handle(task, spec, stage)
             return self.dp.handle(task, spec, stage)
         except TesseraError as exc:
             self.dp.forget(task.job_id)
+            self.overlap.forget(task.job_id)
             return self._veto(task, spec, exc)
         except Exception as exc:  # a bug must cost one task, not the node; its text may hold data
             log.error("task failed job=%s error=%s", task.job_id, type(exc).__name__)
             self.dp.forget(task.job_id)
+            self.overlap.forget(task.job_id)
             failure = TesseraError(
                 "the node could not process this task; its operator can see why in its log",
                 code="node.internal",

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tessera.core import serde
-from tessera.core.analyses import inventory
+from tessera.core.analyses import inventory, overlap
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.analyses.program import rho_total
 from tessera.core.analyses.registry import get_analysis, get_program
@@ -37,6 +37,7 @@ from tessera.server.clock import Clock
 from tessera.server.dp_job import DpJob, DriverState, RoundDone, Tasks
 from tessera.server.notifier import Notifier
 from tessera.server.open_stage import OpenStage
+from tessera.server.overlap_job import OverlapRelay
 from tessera.server.store import JobRecord, NodeRecord, SqlStore, TaskRecord, TaskState
 from tessera.v1 import node_pb2
 
@@ -84,11 +85,14 @@ class JobService:
         self._up_since = clock()  # when this process started (``recover`` moves it)
         self._store_versions: dict[str, int] = {}  # node -> moves when store tasks are added
         self._versions_lock = threading.Lock()
+        self.overlap = OverlapRelay(self)  # overlap jobs relay PSI lists (overlap_job)
 
     # -- analyst side ---------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, actor: PeerIdentity) -> JobRecord:
         """Validate the whole job first (a refused job is never created), then create and start it."""
+        if spec.analysis == overlap.INFO.name:
+            return self.overlap.submit(spec, actor=actor)
         info = get_analysis(spec.analysis)
         now = self.clock()
         if spec.deadline is not None and spec.deadline <= now:
@@ -143,6 +147,8 @@ class JobService:
             dp_job = self._drop_dp(job_id)
             if dp_job is not None:
                 self._send_end(job, dp_job.state.live, self.clock())
+            elif self.overlap.forget(job_id):
+                self._send_end(job, job.participants, self.clock())
             self.store.audit(
                 actor=actor.name, role=actor.role or "", action="job.cancel", now=self.clock(), job_id=job_id
             )
@@ -355,6 +361,8 @@ class JobService:
         with self._locks.hold(task.job_id):
             if not task.state.open:
                 return False
+            if task.stage is Stage.PSI:
+                return self.overlap.on_message(node_id, task, message)
             if task.stage is Stage.ABORT:
                 return self.store.answer_task(task.task_id, answer=b"")  # an acknowledgement only
             if task.stage is Stage.LOCAL_REPORT:
@@ -431,6 +439,9 @@ class JobService:
         is read only to close the stage, and a progress event is written at most every
         ``PROGRESS_EVERY_S`` per job (the ticker writes one that is owed).
         """
+        if job_id in self.overlap:
+            self.overlap.advance(job_id, force=force)
+            return
         dp_job = self._dp.get(job_id)
         job: JobRecord | None = None
         if dp_job is not None:
@@ -678,6 +689,8 @@ class JobService:
         )
         if dp_job is not None:
             self._send_end(job, dp_job.state.live, now)
+        elif self.overlap.forget(job_id):
+            self._send_end(job, job.participants, now)
         self.notifier.notify(job=job_id)
         log.warning("job failed job=%s", job_id)
 
@@ -790,6 +803,8 @@ class JobService:
             with self._locks.hold(job.job_id):
                 info = get_analysis(job.spec.analysis)
                 try:
+                    if job.spec.analysis == overlap.INFO.name:
+                        raise Conflict("an overlap job keeps its lists in the coordinator's memory only")
                     if info.differentially_private:
                         self._resume_dp(job, now)
                     elif job.state is JobState.PENDING:

@@ -37,6 +37,10 @@ min_participants: 3
 allowed_partners:
   - beta
   - gamma
+overlap:
+  partners:
+    beta: [email]
+  max_jobs_per_period: 2
 retention_days: 30
 """
 

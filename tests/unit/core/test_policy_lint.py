@@ -121,3 +121,50 @@ def test_missing_file_is_an_error_not_an_exception(tmp_path: Path) -> None:
 )
 def test_pii_like_names(name: str, expected: bool) -> None:
     assert looks_like_pii(name) is expected
+
+
+def test_overlap_rules_are_checked(tmp_path: Path) -> None:
+    report = _lint(
+        tmp_path,
+        variant(
+            ("    beta: [email]", "    beta: [phone, fingerprint]\n    delta: [email]"),
+            ("  max_jobs_per_period: 2", "  max_jobs_per_period: -1"),
+        ),
+    )
+    text = "\n".join(report.lines())
+    assert '"phone" is not a core_sensitive field' in text
+    assert '"fingerprint" is not an identifier overlap can match on' in text
+    assert '"max_jobs_per_period" cannot be negative' in text
+    assert 'partner "delta" is not in "allowed_partners"' in text
+
+
+def test_overlap_allowed_without_rules_warns(tmp_path: Path) -> None:
+    text = variant(("overlap:\n  partners:\n    beta: [email]\n  max_jobs_per_period: 2\n", ""))
+    report = _lint(tmp_path, text)
+    assert report.ok and any("every overlap job will be refused" in w for w in report.lines())
+
+
+def test_overlap_rules_change_the_hash_and_are_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID)
+    with_rules = load_policy(path)
+    path.write_text(variant(("  max_jobs_per_period: 2", "  max_jobs_per_period: 3")))
+    assert with_rules.overlap is not None and with_rules.overlap.identifiers_for("beta") == ("email",)
+    assert with_rules.overlap.identifiers_for("gamma") == ()
+    assert load_policy(path).policy_hash != with_rules.policy_hash
+
+
+def test_overlap_changes_show_in_the_diff(tmp_path: Path) -> None:
+    from tessera.core.policy import diff_policies
+
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(VALID)
+    new.write_text(
+        variant(
+            ("    beta: [email]", "    beta: [email, phone]"),
+            ("  max_jobs_per_period: 2", "  max_jobs_per_period: 1"),
+        )
+    )
+    changes = {c.message for c in diff_policies(load_policy(old), load_policy(new)).changes}
+    assert "overlap with beta on phone now allowed: looser" in changes
+    assert "overlap jobs per period lowered from 2 to 1: stricter" in changes

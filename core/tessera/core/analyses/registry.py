@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tessera.core.analyses import inventory
+from tessera.core.analyses import inventory, overlap
 from tessera.core.analyses.base import AnalysisInfo
 from tessera.core.analyses.program import OneRound, Program
 from tessera.core.analyses.vector import VectorPlan
@@ -63,6 +63,7 @@ def _programs() -> dict[str, Program]:
 PROGRAMS: dict[str, Program] = _programs()
 ANALYSES: dict[str, AnalysisInfo] = {
     inventory.INFO.name: inventory.INFO,
+    overlap.INFO.name: overlap.INFO,  # pairwise PSI through its own driver, not a program of sums
     **{name: program.INFO for name, program in PROGRAMS.items()},
 }
 

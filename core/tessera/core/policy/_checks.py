@@ -238,6 +238,55 @@ def _check_customer_key(dataset: str, key: str | None, fields: tuple[str, ...], 
     )
 
 
+OVERLAP_IDENTIFIERS = ("email", "phone", "national_id")
+
+
+def _check_overlap(doc: PolicyDoc, out: _Collector) -> None:
+    rules = doc.overlap
+    if rules is None:
+        if "overlap" in doc.allowed_analyses:
+            out.warn(
+                ("allowed_analyses",),
+                '"overlap" is allowed but there is no "overlap:" section saying with which partners and on '
+                "which identifiers, so every overlap job will be refused.",
+            )
+        return
+    if "overlap" not in doc.allowed_analyses:
+        out.warn(("overlap",), 'there is an "overlap:" section but "overlap" is not in "allowed_analyses".')
+    if rules.max_jobs_per_period < 0:
+        out.error(
+            ("overlap", "max_jobs_per_period"),
+            f'"max_jobs_per_period" cannot be negative (got {rules.max_jobs_per_period}).',
+        )
+    elif rules.max_jobs_per_period == 0:
+        out.warn(
+            ("overlap", "max_jobs_per_period"), '"max_jobs_per_period" is 0, so every overlap job is refused.'
+        )
+    fields = {
+        name for d in doc.datasets.values() for name, f in d.fields.items() if f.tier == "core_sensitive"
+    }
+    for partner, kinds in rules.partners.items():
+        if partner != "*" and "*" not in doc.allowed_partners and partner not in doc.allowed_partners:
+            out.warn(
+                ("overlap", "partners", partner),
+                f'partner "{partner}" is not in "allowed_partners", so it will never be matched with.',
+            )
+        for index, kind in enumerate(kinds):
+            path: KeyPath = ("overlap", "partners", partner, index)
+            if kind not in OVERLAP_IDENTIFIERS:
+                out.error(
+                    path,
+                    f"{quoted(kind)} is not an identifier overlap can match on; use "
+                    f"{', '.join(OVERLAP_IDENTIFIERS)}.",
+                )
+            elif kind not in fields:
+                out.warn(
+                    path,
+                    f"{quoted(kind)} is not a core_sensitive field of any dataset, so there is nothing "
+                    "to match on.",
+                )
+
+
 def check_document(doc: PolicyDoc, lines: Mapping[KeyPath, int]) -> list[Problem]:
     """Every range, contradiction and second-look problem of ``doc``, errors and warnings mixed."""
     out = _Collector(lines)
@@ -245,5 +294,6 @@ def check_document(doc: PolicyDoc, lines: Mapping[KeyPath, int]) -> list[Problem
     _check_privacy(doc, out)
     _check_counts(doc, out)
     _check_lists(doc, out)
+    _check_overlap(doc, out)
     _check_datasets(doc, out)
     return out.problems

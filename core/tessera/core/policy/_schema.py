@@ -70,6 +70,12 @@ class PrivacyDoc(_Strict):
     delta: float
 
 
+class OverlapDoc(_Strict):
+    # partner name (or "*") -> identifier kinds it may be matched on
+    partners: dict[str, list[str]]
+    max_jobs_per_period: int
+
+
 class PolicyDoc(_Strict):
     version: int
     policy_id: str
@@ -85,6 +91,8 @@ class PolicyDoc(_Strict):
     retention_days: int
     # Nodes this partner assumes may collude with the coordinator (secure aggregation, DESIGN §1).
     collusion_tolerance: int = 0
+    # What "overlap" may match on, with whom, how often (absent: overlap matches nothing).
+    overlap: OverlapDoc | None = None
 
 
 def model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:

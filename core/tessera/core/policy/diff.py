@@ -86,6 +86,27 @@ class _Changes:
             self.add(Direction.STRICTER, key, f"{noun} {word} no longer allowed")
 
 
+def _overlap(old: Policy, new: Policy, out: _Changes) -> None:
+    """Identifiers per overlap partner (more is looser) and overlap jobs per period."""
+    before = dict(old.overlap.partners) if old.overlap else {}
+    after = dict(new.overlap.partners) if new.overlap else {}
+    for partner in sorted(set(before) | set(after)):
+        label = "any partner" if partner == "*" else partner
+        out.words(
+            f"overlap.partners.{partner}",
+            f"overlap with {label} on",
+            before.get(partner, ()),
+            after.get(partner, ()),
+        )
+    out.number(
+        "overlap.max_jobs_per_period",
+        "overlap jobs per period",
+        old.overlap.max_jobs_per_period if old.overlap else 0,
+        new.overlap.max_jobs_per_period if new.overlap else 0,
+        higher_is_looser=True,
+    )
+
+
 def _partners(old: Policy, new: Policy, out: _Changes) -> None:
     if old.any_partner and not new.any_partner:
         out.add(Direction.STRICTER, "allowed_partners", "any partner no longer allowed, only those listed")
@@ -198,5 +219,6 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
     out.words("allowed_analyses", "analysis", old.allowed_analyses, new.allowed_analyses)
     out.words("allowed_purposes", "purpose", old.allowed_purposes, new.allowed_purposes)
     _partners(old, new, out)
+    _overlap(old, new, out)
     _datasets(old, new, out)
     return PolicyDiff(old_hash=old.policy_hash, new_hash=new.policy_hash, changes=tuple(out.items))

@@ -100,4 +100,8 @@ def check_job(policy: Policy, spec: JobSpec, *, node_name: str, participants: Se
                 "unknown_dataset", f'dataset "{spec.dataset}" is not classified on node {policy.partner}.'
             )
         _check_privacy(policy, spec)
+    if spec.analysis == "overlap":
+        # Pairwise by design (a count of two sets, not a sum that two nodes could undo): the node
+        # checks each partner of each pair against allowed_partners and its overlap rules.
+        return
     _check_participants(policy, spec, participants, node_name)

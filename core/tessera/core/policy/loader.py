@@ -16,7 +16,7 @@ from tessera.core.policy._messages import problems_from
 from tessera.core.policy._problems import PolicyFileError, Problem, Severity
 from tessera.core.policy._schema import PolicyDoc
 from tessera.core.policy._yamlio import YamlProblems, read_document
-from tessera.core.policy.model import DatasetPolicy, FieldPolicy, Policy, PrivacyLimits
+from tessera.core.policy.model import DatasetPolicy, FieldPolicy, OverlapRules, Policy, PrivacyLimits
 from tessera.core.types import Tier
 
 # Policy files are a few kilobytes; refuse anything absurd before parsing it.
@@ -76,6 +76,12 @@ def _build(doc: PolicyDoc, source: str) -> Policy:
         allowed_partners=tuple(sorted(set(doc.allowed_partners))),
         retention_days=doc.retention_days,
         collusion_tolerance=doc.collusion_tolerance,
+        overlap=None
+        if doc.overlap is None
+        else OverlapRules(
+            partners=tuple(sorted((k, tuple(sorted(set(v)))) for k, v in doc.overlap.partners.items())),
+            max_jobs_per_period=doc.overlap.max_jobs_per_period,
+        ),
         source=source,
     )
 

@@ -59,6 +59,19 @@ class PrivacyLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class OverlapRules:
+    """What ``overlap`` may match on: per partner (or ``*``) the identifier kinds allowed, and how
+    many overlap jobs may run per privacy period (repeated PSI on filtered sets leaks)."""
+
+    partners: tuple[tuple[str, tuple[str, ...]], ...]
+    max_jobs_per_period: int
+
+    def identifiers_for(self, partner: str) -> tuple[str, ...]:
+        rules = dict(self.partners)
+        return rules.get(partner, rules.get("*", ()))
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A node's policy. Lists are sorted tuples (order in the file carries no meaning).
 
@@ -79,6 +92,7 @@ class Policy:
     # How many other nodes may collude with the coordinator without breaking secure aggregation;
     # the node refuses rounds whose threshold or masking graph cannot bear it (secagg.security).
     collusion_tolerance: int = 0
+    overlap: OverlapRules | None = None
     description: str = ""
     version: int = 1
     source: str = field(default="", compare=False)
@@ -109,6 +123,11 @@ class Policy:
             "retention_days": self.retention_days,
             "collusion_tolerance": self.collusion_tolerance,
         }
+        if self.overlap is not None:  # only when set: older policies keep their hash
+            doc["overlap"] = {
+                "partners": {name: sorted(kinds) for name, kinds in self.overlap.partners},
+                "max_jobs_per_period": self.overlap.max_jobs_per_period,
+            }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
     @property
