@@ -79,7 +79,7 @@ def test_a_feature_the_policy_does_not_allow_over_budget_and_too_few_nodes_are_r
     with fed.analyst() as client:
         with pytest.raises(Exception, match=r"core_sensitive|customer key"):
             client.submit(_churn(features=("rfm.recency", "customer_id"), lower=(0.0,), upper=(365.0,)))
-        with pytest.raises(Exception, match=r"epsilon|budget"):
+        with pytest.raises(Exception, match=r"ε per job|epsilon|budget"):
             client.submit(_churn(epsilon=5.0))  # the policies allow 4 per job
         with pytest.raises(Conflict, match="at least 3"):
             client.submit(_churn(participants=("bank", "telco")))

@@ -85,8 +85,8 @@ def test_lint_missing_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_diff_groups_changes(tmp_path: Path) -> None:
-    new = _bank_variant(tmp_path, "new.yaml", "  - churn_model\n", "  - churn_model\n  - overlap\n")
-    code, out = _run("diff", str(POLICIES / "bank.yaml"), str(new))
+    old = _bank_variant(tmp_path, "old.yaml", "  - overlap\n", "")
+    code, out = _run("diff", str(old), str(POLICIES / "bank.yaml"))
     assert code == 0, out
     assert "looser" in out and "analysis overlap now allowed" in out
     assert "1 change(s): 1 looser, 0 stricter, 0 neutral" in out
