@@ -184,6 +184,17 @@ def render_funnel(doc: Mapping[str, Any], console: Console) -> None:
             row.append("-" if true is None else _number(true, 0))
         table.add_row(*row)
     console.print(table)
+    _coverage(doc, console)
+
+
+def _coverage(doc: Mapping[str, Any], console: Console) -> None:
+    """The demo's check of its intervals against the true values it knows."""
+    cov = doc.get("coverage")
+    if isinstance(cov, Mapping):
+        console.print(
+            f"  {cov['inside_ci95']} of {cov['released']} released values lie inside their 95% interval",
+            highlight=False,
+        )
 
 
 # cohort_retention ----------------------------------------------------------------------------
@@ -216,6 +227,7 @@ def render_cohort(doc: Mapping[str, Any], console: Console) -> None:
             table.add_row(*row)
         console.print(table)
     _cohort_sizes(cohorts, at, console)
+    _coverage(doc, console)
 
 
 def _cohort_sizes(cohorts: Sequence[str], at: Mapping[tuple[str, int], Any], console: Console) -> None:

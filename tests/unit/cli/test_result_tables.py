@@ -154,6 +154,8 @@ def test_funnel_table() -> None:
     )
     assert doc["cells"][3]["suppressed"] and "suppressed" in text
     assert "true" in text  # the demo's truth column
+    doc["coverage"] = {"released": 3, "inside_ci95": 3}
+    assert "3 of 3 released values lie inside" in _rendered("funnel", doc)
 
 
 @pytest.mark.parametrize("width", [80, 120, 40])
