@@ -269,7 +269,7 @@ def render_trace(doc: dict[str, Any]) -> None:
             str(len(r["survivors"])),
             ", ".join(r["dropped"]) or "-",
             f"{r['rho']:.3g}",
-            *(f"{r['metric'].get(k, float('nan')):.6g}" for k in metrics),
+            *(f"{r['metric'][k]:.6g}" if k in r["metric"] else "-" for k in metrics),
         )
     console.print(table)
 
