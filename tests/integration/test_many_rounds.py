@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from federation import DroppingAgent, Federation, open_policy, wait_for
 
+from tessera.client.datasource import CsvDataSource
 from tessera.core.analyses.program import rho_total
 from tessera.core.types import JobSpec
 
@@ -110,7 +112,17 @@ def test_a_node_killed_mid_job_leaves_and_the_job_goes_on(fed: Federation) -> No
     assert len(_charges(fed, "bank", doc["job_id"])) == 6
 
 
-def test_the_job_resumes_after_the_coordinator_restarts(fed: Federation) -> None:
+def test_the_job_resumes_after_the_coordinator_restarts(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    read = CsvDataSource.read
+
+    def counted(self: CsvDataSource, dataset: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        reads.append(dataset)
+        return read(self, dataset, fields)
+
+    monkeypatch.setattr(CsvDataSource, "read", counted)
     _start(fed, ("bank", "telco", "retailer"))
     spec = _descent(8)
     with fed.analyst() as client:
@@ -131,6 +143,9 @@ def test_the_job_resumes_after_the_coordinator_restarts(fed: Federation) -> None
         status = fed.ledgers(name).budget.remaining()
         assert status.rho_spent == pytest.approx(8 * per_round)
         wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
+    # The restart put the job in a fresh key epoch; each node still read its data once (one
+    # snapshot per job), not once per epoch.
+    assert reads == ["customers"] * 3
     json.dumps(doc)
 
 

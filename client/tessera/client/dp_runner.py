@@ -199,6 +199,8 @@ class DpRunner:
             # afterwards, which is why a re-run round is charged only once.
             self._epochs.start(client)
             state = _Job(spec, program, reservation, setup, client, n_nodes=len(job_nodes), plan=plan)
+            if previous is not None:  # a new key epoch of the same job: same data snapshot
+                state.columns, state.columns_key = previous.columns, previous.columns_key
             self._jobs[task.job_id] = state
             return self._send(task, state, Stage.ADVERTISE_KEYS, codec.encode(client.advertise()))
         except Exception:
