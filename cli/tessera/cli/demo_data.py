@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -109,25 +109,34 @@ def write_transactions(policy: Policy, path: Path, *, customers: int, seed: int)
     """
     rng = random.Random(seed * 7919 + 1)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    fields = [f.name for f in policy.schema("transactions").fields]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(fields)
+
+    def rows() -> Iterator[dict[str, object]]:
         for i in range(customers):
             count = WHALE_ROWS if i == 0 else min(int(rng.expovariate(0.25)), 12)
             favourite = rng.choice(CHANNELS)
             for j in range(count):
-                values = {
+                yield {
                     "customer_id": customer_id(seed, i),
                     "time": (start + timedelta(days=j % 300, seconds=i * 60 + j)).isoformat(),
                     "amount": round(rng.lognormvariate(3.0, 0.8), 2),
                     "channel": favourite if rng.random() < 0.7 else rng.choice(CHANNELS),
                     "category": rng.choice(SPEND_CATEGORIES),
                 }
-                writer.writerow([values.get(name, "") for name in fields])
-                written += 1
+
+    return _write_rows(policy, "transactions", path, rows())
+
+
+def _write_rows(policy: Policy, dataset: str, path: Path, rows: Iterable[dict[str, object]]) -> int:
+    """``rows`` as a CSV with the dataset's fields in the policy's order; returns how many."""
+    fields = [f.name for f in policy.schema(dataset).fields]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for values in rows:
+            writer.writerow([values.get(name, "") for name in fields])
+            written += 1
     return written
 
 
@@ -148,12 +157,8 @@ def write_events(policy: Policy, path: Path, *, customers: int, seed: int) -> in
     """
     rng = random.Random(seed * 104_729 + 3)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    fields = [f.name for f in policy.schema("events").fields]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(fields)
+
+    def rows() -> Iterator[dict[str, object]]:
         for i in range(customers):
             sessions = WHALE_SESSIONS if i == 0 else min(int(rng.expovariate(0.7)), 6)
             for s in range(sessions):
@@ -167,14 +172,13 @@ def write_events(policy: Policy, path: Path, *, customers: int, seed: int) -> in
                 if rng.random() < 0.2:
                     kinds.insert(1, "search")
                 for j, kind in enumerate(kinds):
-                    values = {
+                    yield {
                         "customer_id": customer_id(seed, i),
                         "time": (at + timedelta(minutes=3 * j, seconds=j)).isoformat(),
                         "event_type": kind,
                     }
-                    writer.writerow([values.get(name, "") for name in fields])
-                    written += 1
-    return written
+
+    return _write_rows(policy, "events", path, rows())
 
 
 def _phone(rng: random.Random, i: int) -> str:
