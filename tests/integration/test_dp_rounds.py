@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from federation import DroppingAgent, Federation, open_policy, wait_for
 
+from tessera.client.agent import NodeAgent
 from tessera.core.errors import Conflict
 from tessera.core.types import JobSpec
 
@@ -282,3 +285,40 @@ def test_the_store_gets_every_task_of_every_stage_and_no_stage_input(fed: Federa
     for stage in stages:
         assert by_stage[stage] == {(n, "answered") for n in ("bank", "retailer", "telco")}, stage
     assert all(t.stage_input == b"" and t.round_input == b"" for t in tasks)
+
+
+class _SilentAgent(NodeAgent):
+    """A node that stays connected and heartbeating but never answers advertise_keys (a hang)."""
+
+    def _answer(self, stub: Any, task: Any) -> None:
+        from tessera.core import serde
+
+        if serde.stage_from_pb(task.stage).value == "advertise_keys":
+            return
+        super()._answer(stub, task)
+
+
+def test_vetoes_that_leave_too_few_nodes_fail_the_job_at_once(fed: Federation) -> None:
+    # Three nodes, quorum three: once bank vetoes, no answer of the silent retailer can save the
+    # round, so the job fails now instead of waiting out a stage deadline of a minute.
+    port = fed.port
+    fed.stop_coordinator()
+    fed.start_coordinator(port=port, stage_timeout=60.0)
+    fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, privacy=TIGHT))
+    fed.start_node("retailer", policy=open_policy("retailer", "retailer", fed.work), agent_class=_SilentAgent)
+    _start(fed, ("telco",))
+    budget = fed.ledgers("bank").budget
+    for job in ("elsewhere-1", "elsewhere-2"):  # bank's period is spent elsewhere: it vetoes
+        reservation = budget.reserve(job_id=job, dataset="customers", epsilon=0.5, delta=1e-7)
+        budget.commit(reservation, egress=fed.ledgers("bank").egress, record=_record(job), payload=b"x")
+    started = time.monotonic()
+    with fed.analyst() as client:
+        job_id = client.submit(_count())
+        list(client.watch(job_id, timeout_s=50))
+        doc = client.result_document(job_id)
+    assert doc["status"] == "failed"
+    assert time.monotonic() - started < 30  # not the 60 s stage deadline
+    assert [v["code"] for v in doc["vetoes"]] == ["budget.period_exhausted"]
+    assert "advertise_keys" in doc["error"] and "no node was charged" in doc["error"]
+    for name in ("telco", "retailer"):  # the end notice frees what the others reserved
+        wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)

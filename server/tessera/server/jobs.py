@@ -411,7 +411,10 @@ class JobService:
                 fresh = self.store.answer_task(task.task_id, answer=None, veto=veto)
             if fresh:
                 log.info("veto job=%s node=%s code=%s", task.job_id, node_id, veto.code)
-                self._advance(task.job_id)
+                # Vetoes that leave fewer possible answers than the quorum end the stage now: the
+                # job fails with its reason instead of waiting out the deadline for nodes that
+                # can no longer save it.
+                self._advance(task.job_id, force=_quorum_lost(dp_job, open_stage))
         return fresh
 
     def _write_now(self, open_stage: OpenStage, node_id: str, *, veto: Veto | None = None) -> None:
@@ -904,6 +907,13 @@ def _checked(task: TaskRecord, node_id: str, job_id: str, round_no: int, stage: 
     if (task.job_id, task.round, task.stage) != (job_id, round_no, stage):
         raise InvalidRequest("the message is bound to a different job, round or stage than its task")
     return task
+
+
+def _quorum_lost(dp_job: DpJob | None, open_stage: OpenStage | None) -> bool:
+    if dp_job is None or open_stage is None:
+        return False
+    vetoed = sum(state is TaskState.VETOED for state in open_stage.states.values())
+    return len(open_stage.states) - vetoed < dp_job.state.threshold
 
 
 def _drops(tolerated: int) -> str:
