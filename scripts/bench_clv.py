@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "non_private_holdout_mae": out["all_no_noise"]["holdout_mae_central"],
         "rho_total": last["rho_total"],
         "rho_spent": last["rho_spent"],
-        "budget": [{"round": b["round"], "phase": b["phase"], "rho": b["rho"]} for b in last["budget"]],
+        "budget": [{"round": b["round"], "phase": b["phase"], "rho": b["rho"]} for b in last["budget_split"]],
         "example_result": {k: last[k] for k in ("bgnbd", "gamma_gamma", "holdout", "steps")},
     }
     print(json.dumps(out, indent=2))

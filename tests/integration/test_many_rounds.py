@@ -231,6 +231,8 @@ def test_clv_is_fitted_over_real_grpc_on_cdnow_split_across_partners(fed: Federa
     # so this checks the order of magnitude only; scripts/bench_clv.py measures the accuracy.
     assert 0.05 < bg["r"]["value"] < 1.5 and 0.5 < bg["alpha"]["value"] < 40
     assert result["budget"]["rho_used"] == pytest.approx(rho_total(spec))
+    # The program's own split (per round and phase) survives beside the job's trailer.
+    assert sum(r["rho"] for r in result["budget_split"]) == pytest.approx(rho_total(spec))
     for name in names:
         assert fed.ledgers(name).budget.remaining().rho_spent == pytest.approx(rho_total(spec))
 

@@ -482,7 +482,7 @@ def _model(spec: JobSpec, public: Public, rounds_run: int) -> dict[str, Any]:
         "mechanism": v.MECHANISM,
         "rounds_run": rounds_run,
         "rounds_planned": max_rounds(spec),
-        "budget": budget(spec),
+        "budget_split": budget(spec),  # "budget" is the job trailer's (ρ used and reserved)
         "steps": public["steps"],
         "clip": {"grad_clip": _clip(spec, "grad_clip"), "hessian_clip": _clip(spec, "hessian_clip")},
         "holdout": None,

@@ -63,7 +63,7 @@ def test_a_dp_run_spends_its_budget_exactly_and_reports_it(synthetic: dict[str, 
     result, spent = run(job, split(synthetic, 3), noise=True, seed=4)
     assert spent == pytest.approx(rho_total(job), rel=1e-12) and spent <= rho_total(job) * (1 + 1e-12)
     assert result["rounds_run"] == result["rounds_planned"] == clv_fit.DEFAULTS["rounds"] + 1
-    assert sum(r["rho"] for r in result["budget"]) == pytest.approx(result["rho_total"])
+    assert sum(r["rho"] for r in result["budget_split"]) == pytest.approx(result["rho_total"])
     for section in ("bgnbd", "gamma_gamma"):
         for est in result[section].values():
             lo, hi = est["ci95"]
