@@ -221,15 +221,23 @@ def dropped_wait(events: Sequence[Any]) -> tuple[float, list[str]]:
 def stage_seconds(events: Sequence[Any]) -> dict[str, float]:
     """Seconds each stage took, from the coordinator's event timestamps (stage start to next start).
 
-    Boundaries: the job's first event opens advertise_keys, each '<stage>: asked' event opens the
-    next stage, the final event closes the last one.
+    Boundaries: the first event opens advertise_keys (a job's first event is not an 'asked' one),
+    each '<stage>: asked' event opens its stage, the final event closes the last one. Given one
+    later round of a many-round job, whose first event is its 'masked_input: asked', the stages
+    are that round's own (that time used to be counted as advertise_keys).
     """
     if not events:
         return {}
-    marks: list[tuple[str, float]] = [("advertise_keys", _seconds(events[0]))]
-    for event in events[1:]:
+
+    def asked(event: Any) -> str | None:
         if event.message.endswith(" node(s)") and ": asked " in event.message:
-            marks.append((event.message.split(":", 1)[0].split(", ")[-1], _seconds(event)))
+            return str(event.message.split(":", 1)[0].split(", ")[-1])
+        return None
+
+    marks: list[tuple[str, float]] = [(asked(events[0]) or "advertise_keys", _seconds(events[0]))]
+    for event in events[1:]:
+        if (stage := asked(event)) is not None:
+            marks.append((stage, _seconds(event)))
     marks.append(("end", _seconds(events[-1])))
     return {name: round(marks[i + 1][1] - at, 3) for i, (name, at) in enumerate(marks[:-1])}
 
