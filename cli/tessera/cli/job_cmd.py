@@ -253,6 +253,8 @@ def render_clv(doc: dict[str, Any]) -> None:
         highlight=False,
     )
     console.print(table)
+    if doc.get("warning"):
+        console.print(f"  [yellow]not settled: {doc['warning']}[/]", highlight=False)
 
 
 def render_trace(doc: dict[str, Any]) -> None:

@@ -47,7 +47,15 @@ from tessera.core.analyses import contribution as c
 from tessera.core.analyses import params as p
 from tessera.core.analyses import vector as v
 from tessera.core.analyses.base import AnalysisInfo
-from tessera.core.analyses.clv_newton import LOG_HIGH, LOG_LOW, covariance, estimates, newton_step
+from tessera.core.analyses.clv_newton import (
+    LOG_HIGH,
+    LOG_LOW,
+    MAX_STEP,
+    covariance,
+    estimates,
+    newton_step,
+    settled,
+)
 from tessera.core.analyses.clv_summary import DAYS_PER_WEEK, Summary, day_number, summarise
 from tessera.core.analyses.program import Public, Step, rho_total
 from tessera.core.dp import fixed_point_scale, stochastic_round
@@ -462,7 +470,21 @@ def release(plan: v.VectorPlan, total: Any, *, summands: int, min_cohort_size: i
 
 
 def _model(spec: JobSpec, public: Public, rounds_run: int) -> dict[str, Any]:
+    last = (public.get("steps") or [[MAX_STEP, MAX_STEP]])[-1]
+    converged = {
+        "bgnbd": settled(last[0], public["bgnbd_cov"]),
+        "gamma_gamma": settled(last[1], public["gg_cov"]),
+    }
+    unsettled = [name for name, ok in converged.items() if not ok]
     return {
+        "converged": converged,
+        "warning": (
+            f"{' and '.join(unsettled)}: the last Newton step was larger than its noise explains, so "
+            "the fit has not settled and its intervals are too narrow (more customers, a larger ε "
+            "or more rounds help)"
+            if unsettled
+            else None
+        ),
         "analysis": INFO.name,
         "dataset": spec.dataset,
         "time_unit": "week",

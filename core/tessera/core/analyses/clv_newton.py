@@ -65,3 +65,21 @@ def estimates(names: tuple[str, ...], theta: list[float], cov: list[list[float]]
         }
         for name, t, s in zip(names, theta, sd, strict=True)
     }
+
+
+SETTLED_SDS = 3.0  # a settled fit's last step is noise: within this many sds of its estimate
+
+
+def settled(last_step: float, cov: list[list[float]]) -> bool:
+    """Whether a fit's last Newton step (largest log-parameter move) is what its noise explains.
+
+    Near the optimum a damped Newton step is the DP noise of that round mapped through the inverse
+    information, whose covariance is part of ``cov``: its largest move stays within a few of the
+    estimates' sds. A capped step, or one larger than that, means the fit has not settled and the
+    intervals (which assume it has) are too narrow. The converse does not hold: a settled-looking
+    step on a few thousand customers can still sit off the optimum (on CDNOW at ε = 0.5: 5 of 8
+    such fits of 5,000 customers missed the central fit; of 23,570, 1 of 7). Post-processing of
+    released values only.
+    """
+    sd = float(np.sqrt(np.max(np.maximum(np.diag(np.asarray(cov)), 0.0))))
+    return last_step < MAX_STEP and last_step <= SETTLED_SDS * sd

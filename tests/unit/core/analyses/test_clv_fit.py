@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tessera.core.analyses import clv_fit
+from tessera.core.analyses.clv_newton import MAX_STEP, settled
 from tessera.core.analyses.clv_summary import day_number, summarise
 from tessera.core.analyses.program import check_public, rho_total
 from tessera.core.analyses.registry import get_program
@@ -56,6 +57,14 @@ def test_cdnow_sample_federated_without_noise_reproduces_the_paper() -> None:
     assert np.round(gg, 2).tolist() == [6.25, 3.74, 15.44]  # Fader & Hardie 2013
     central_bg, central_gg = _central(data, "1997-09-30")
     assert np.allclose(bg, central_bg, rtol=1e-3) and np.allclose(gg, central_gg, rtol=1e-3)
+    assert result["converged"] == {"bgnbd": True, "gamma_gamma": True} and result["warning"] is None
+
+
+def test_a_fit_whose_last_step_its_noise_cannot_explain_is_flagged_not_settled() -> None:
+    cov = [[0.01, 0.0], [0.0, 0.04]]  # sds 0.1 and 0.2 on the log scale
+    assert settled(0.5, cov)  # within 3 sds of the widest estimate
+    assert not settled(0.7, cov)  # more than noise moves it
+    assert not settled(MAX_STEP, [[100.0]])  # a capped step never counts as settled
 
 
 def test_a_dp_run_spends_its_budget_exactly_and_reports_it(synthetic: dict[str, np.ndarray]) -> None:
