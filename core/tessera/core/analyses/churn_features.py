@@ -64,25 +64,13 @@ def held_out(ids: IntArray, *, seed: str, share: float) -> np.ndarray:
 
 def customers(layout: Mapping[str, Any], data: Mapping[str, Any], *, with_label: bool) -> Customers:
     """The node's customers and their raw values under ``layout`` (a plan's or a model card's)."""
-    key = layout["key"]
     derived_label = with_label and layout["read_label"] == NO_PURCHASE_AFTER
     # A file of one row per customer may carry the RFM values as columns (``tessera model predict``).
     rfm_rows = any(f in ct.RFM for f in layout["numeric"]) and not layout.get("rfm_as_columns")
-    if rfm_rows or derived_label:
-        table: ct.Rfm | None = ct.rfm(
-            data, key=key, time=layout["time"], amount=layout["amount"], reference_day=layout["reference_day"]
-        )
-        assert table is not None
-        pop = table.population
-    else:
-        table = None
-        rows = len(next(iter(data.values()))) if key is None else 0
-        ids = np.arange(rows, dtype=np.int64) if key is None else ct.key_column(data, key)
-        pop = ct.population(ids, np.ones(ids.shape, dtype=bool))
+    table, pop = ct.customers_of(data, layout, with_rfm=rfm_rows or derived_label)
 
     def attribute(read: str) -> np.ndarray:
-        join = layout["join"] if ct.qualified(read)[0] == ct.JOINED else None
-        return ct.attribute(data, read, pop, key=key, join=join)
+        return ct.layout_attribute(data, read, pop, layout)
 
     columns = []
     for name, read in zip(layout["numeric"], layout["read"], strict=True):

@@ -225,3 +225,28 @@ def attribute(
     found[found] = pop.ids[where[found]] == owner[rows][found]
     out[where[found]] = column[rows[found]].astype(np.float64) if numeric else column[rows[found]]
     return out
+
+
+def customers_of(
+    data: Mapping[str, Any], layout: Mapping[str, Any], *, with_rfm: bool
+) -> tuple[Rfm | None, Population]:
+    """A plan's customers (``layout``: its ``key``, and ``time``/``amount``/``reference_day`` for
+    RFM): with their RFM table when a feature or label needs one, else every key in the rows (every
+    row when the dataset has no key)."""
+    key = layout["key"]
+    if with_rfm:
+        table = rfm(
+            data, key=key, time=layout["time"], amount=layout["amount"], reference_day=layout["reference_day"]
+        )
+        return table, table.population
+    rows = len(next(iter(data.values()))) if key is None else 0
+    ids = np.arange(rows, dtype=np.int64) if key is None else key_column(data, key)
+    return None, population(ids, np.ones(ids.shape, dtype=bool))
+
+
+def layout_attribute(
+    data: Mapping[str, Any], read: str, pop: Population, layout: Mapping[str, Any]
+) -> np.ndarray:
+    """``attribute`` of a plan's read name: a ``customers.<field>`` through the plan's join key."""
+    join = layout["join"] if qualified(read)[0] == JOINED else None
+    return attribute(data, read, pop, key=layout["key"], join=join)

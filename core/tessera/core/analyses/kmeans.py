@@ -199,26 +199,14 @@ def plan(
 
 def features(layout: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[v.IntArray, v.FloatArray]:
     """The node's customers with every feature present: their ids and raw feature values."""
-    key = layout["key"]
-    if any(f in ct.RFM for f in layout["features"]):
-        table: ct.Rfm | None = ct.rfm(
-            data, key=key, time=layout["time"], amount=layout["amount"], reference_day=layout["reference_day"]
-        )
-        assert table is not None
-        pop = table.population
-    else:
-        table = None
-        n = len(next(iter(data.values()))) if key is None else 0
-        ids = np.arange(n, dtype=np.int64) if key is None else ct.key_column(data, key)
-        pop = ct.population(ids, np.ones(ids.shape, dtype=bool))
+    table, pop = ct.customers_of(data, layout, with_rfm=any(f in ct.RFM for f in layout["features"]))
     columns = []
     for name, read in zip(layout["features"], layout["read"], strict=True):
         if name in ct.RFM:
             assert table is not None
             columns.append(table.feature(name))
             continue
-        join = layout["join"] if ct.qualified(read)[0] == ct.JOINED else None
-        columns.append(ct.attribute(data, read, pop, key=key, join=join).astype(np.float64))
+        columns.append(ct.layout_attribute(data, read, pop, layout).astype(np.float64))
     x = np.stack(columns, axis=1) if columns else np.zeros((pop.size, 0))
     keep = np.all(np.isfinite(x), axis=1)
     return pop.ids[keep], x[keep]

@@ -316,9 +316,7 @@ def _table(plan: v.VectorPlan, data: Mapping[str, Any]) -> ct.Rfm:
 
 
 def _attribute(plan: v.VectorPlan, data: Mapping[str, Any], name: str, table: ct.Rfm) -> np.ndarray:
-    layout = plan.layout
-    join = layout["join"] if ct.qualified(name)[0] == ct.JOINED else None
-    return ct.attribute(data, name, table.population, key=layout["key"], join=join)
+    return ct.layout_attribute(data, name, table.population, plan.layout)
 
 
 def _cells(plan: v.VectorPlan, data: Mapping[str, Any]) -> tuple[ct.Rfm, v.IntArray]:
