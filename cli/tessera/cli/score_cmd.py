@@ -18,12 +18,11 @@ from rich.table import Table
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.model_cmd import ModelFile, load_model_file
 from tessera.cli.vault_cmd import AsJson, DbUrl, PolicyFile, StateDir
-from tessera.client.datasource import DataSource
+from tessera.client.datasource import DataSource, customer_key, customers_join
 from tessera.client.vault.derived import store_derived
 from tessera.client.vault.state import open_node_state
 from tessera.core.analyses import churn_card
 from tessera.core.analyses import customer_table as ct
-from tessera.core.analyses.params import CUSTOMER_KEY
 from tessera.core.errors import InvalidRequest
 from tessera.core.policy import load_policy
 
@@ -31,26 +30,17 @@ FIELD = "churn_risk"
 Store = Annotated[bool, typer.Option("--store", help="Keep each customer's score in the vault (churn_risk).")]
 
 
-def _key(source: DataSource, dataset: str) -> str | None:
-    schema = next((d for d in source.schemas() if d.name == dataset), None)
-    if schema is None:
-        raise InvalidRequest(f"this node serves no dataset {dataset!r}")
-    keys = [f.name for f in schema.fields if f.type == CUSTOMER_KEY]
-    return keys[0] if keys else None
-
-
 def node_scores(source: DataSource, doc: dict[str, object]) -> dict[int, float]:
     """Every scorable customer's vault id -> churn probability under the card's model."""
     inner = doc.get("result", doc)
     dataset = str(inner.get("dataset") or "transactions") if isinstance(inner, dict) else "transactions"
     model = churn_card.model_of(doc)
-    key = _key(source, dataset)
+    key = customer_key(source, dataset)
     if key is None:
         raise InvalidRequest(
             f"dataset {dataset!r} names no customer_key, so scores cannot be tied to customers"
         )
-    joined = _key(source, ct.JOINED) if dataset != ct.JOINED else None
-    join = None if joined is None else f"{ct.JOINED}.{joined}"
+    join = customers_join(source, dataset)
     layout = churn_card.layout_of(model, dataset=dataset, key=key, join=join)
     data = ct.read_columns(source.read, dataset, churn_card.reads(layout))
     ids, scores = churn_card.score(layout, data)

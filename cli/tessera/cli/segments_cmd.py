@@ -20,12 +20,11 @@ from rich.table import Table
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.vault_cmd import AsJson, DbUrl, PolicyFile, StateDir
-from tessera.client.datasource import DataSource
+from tessera.client.datasource import DataSource, customer_key, customers_join
 from tessera.client.vault.derived import store_derived
 from tessera.client.vault.state import open_node_state
 from tessera.core.analyses import customer_table as ct
 from tessera.core.analyses import kmeans, rfm, rfm_segments
-from tessera.core.analyses.params import CUSTOMER_KEY
 from tessera.core.errors import ConfigError, InvalidRequest
 from tessera.core.policy import load_policy
 
@@ -52,25 +51,16 @@ def _model(path: Path) -> tuple[dict[str, Any], str]:
     return model, str(dataset)
 
 
-def _key(source: DataSource, dataset: str) -> str | None:
-    schema = next((d for d in source.schemas() if d.name == dataset), None)
-    if schema is None:
-        raise InvalidRequest(f"this node serves no dataset {dataset!r}")
-    keys = [f.name for f in schema.fields if f.type == CUSTOMER_KEY]
-    return keys[0] if keys else None
-
-
 def labels(source: DataSource, model: dict[str, Any], dataset: str) -> dict[int, str]:
     """Every labelled customer's vault id -> its segment (or cluster number as text)."""
-    key = _key(source, dataset)
+    key = customer_key(source, dataset)
     if model["kind"] == "rfm":
         if key is None:
             raise InvalidRequest(f"dataset {dataset!r} has no customer key: RFM needs rows per customer")
         fields = (model["time_field"], model["amount_field"], key)
         data = source.read(dataset, fields)
         return rfm_segments.label_customers(model, data, key=key)
-    joined = _key(source, ct.JOINED) if dataset != ct.JOINED else None
-    join = None if joined is None else f"{ct.JOINED}.{joined}"
+    join = customers_join(source, dataset)
     layout = kmeans.model_layout(model, dataset=dataset, key=key, join=join)
     if key is None:
         raise InvalidRequest(

@@ -17,8 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
+from tessera.core.analyses.customer_table import JOINED
 from tessera.core.analyses.params import CUSTOMER_KEY
-from tessera.core.errors import ConfigError, PolicyViolation
+from tessera.core.errors import ConfigError, InvalidRequest, PolicyViolation
 from tessera.core.policy import Policy
 from tessera.core.types import DatasetSchema, FieldSchema, Tier
 
@@ -190,3 +191,18 @@ def read_for_plan(source: DataSource, dataset: str, fields: Sequence[str]) -> di
             code="policy.unknown_dataset",
         )
     return source.read(dataset, usable[:1])
+
+
+def customer_key(source: DataSource, dataset: str) -> str | None:
+    """The field that says whose row it is in ``dataset`` (None: the dataset names none)."""
+    schema = next((d for d in source.schemas() if d.name == dataset), None)
+    if schema is None:
+        raise InvalidRequest(f"this node serves no dataset {dataset!r}")
+    keys = [f.name for f in schema.fields if f.type == CUSTOMER_KEY]
+    return keys[0] if keys else None
+
+
+def customers_join(source: DataSource, dataset: str) -> str | None:
+    """``customers.<key>``: how ``dataset``'s rows reach the customers dataset (None: they do not)."""
+    joined = customer_key(source, JOINED) if dataset != JOINED else None
+    return None if joined is None else f"{JOINED}.{joined}"
