@@ -118,6 +118,32 @@ class Federation:
         self.stop_coordinator()
 
 
+def spend_elsewhere(
+    fed: Federation, node: str, job_id: str, *, dataset: str, epsilon: float, delta: float
+) -> None:
+    """Budget ``node`` spent on a job this coordinator never saw (a node is the authority on its own
+    budget): reserved and committed with an egress entry, as a real round would be."""
+    from tessera.client.egress import EgressRecord
+
+    ledgers = fed.ledgers(node)
+    reservation = ledgers.budget.reserve(job_id=job_id, dataset=dataset, epsilon=epsilon, delta=delta)
+    record = EgressRecord(
+        job_id=job_id,
+        round=1,
+        stage="masked_input",
+        purpose="research",
+        analysis="count",
+        fields=(),
+        shape=(1,),
+        noise={},
+        rho=reservation.rho,
+        epsilon=epsilon,
+        delta=delta,
+        policy_hash="test",
+    )
+    ledgers.budget.commit(reservation, egress=ledgers.egress, record=record, payload=b"x")
+
+
 def wait_for(predicate: object, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from federation import DroppingAgent, Federation, open_policy, wait_for
+from federation import DroppingAgent, Federation, open_policy, spend_elsewhere, wait_for
 
 from tessera.client.agent import NodeAgent
 from tessera.core.errors import Conflict
@@ -170,10 +170,7 @@ def test_the_node_vetoes_over_budget_before_touching_data(fed: Federation) -> No
     budget = fed.ledgers("bank").budget
     for job in ("elsewhere-1", "elsewhere-2"):
         budget.release(budget.reserve(job_id=job, dataset="customers", epsilon=0.5, delta=1e-7))
-        reservation = budget.reserve(job_id=job + "-spent", dataset="customers", epsilon=0.5, delta=1e-7)
-        budget.commit(
-            reservation, egress=fed.ledgers("bank").egress, record=_record(job + "-spent"), payload=b"x"
-        )
+        spend_elsewhere(fed, "bank", job + "-spent", dataset="customers", epsilon=0.5, delta=1e-7)
     spent = _spent(fed, "bank")
     refused = _run(fed, _count())
     assert refused["status"] == "failed"
@@ -184,25 +181,6 @@ def test_the_node_vetoes_over_budget_before_touching_data(fed: Federation) -> No
     for name in ("telco", "retailer"):
         wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
         assert _spent(fed, name) == 0 and _masked_entries(fed, name) == []
-
-
-def _record(job_id: str) -> object:
-    from tessera.client.egress import EgressRecord
-
-    return EgressRecord(
-        job_id=job_id,
-        round=1,
-        stage="masked_input",
-        purpose="research",
-        analysis="count",
-        fields=(),
-        shape=(1,),
-        noise={},
-        rho=0.005,
-        epsilon=0.5,
-        delta=1e-7,
-        policy_hash="test",
-    )
 
 
 def test_result_json_is_stable_and_carries_intervals(fed: Federation) -> None:
@@ -307,10 +285,8 @@ def test_vetoes_that_leave_too_few_nodes_fail_the_job_at_once(fed: Federation) -
     fed.start_node("bank", policy=open_policy("bank", "bank", fed.work, privacy=TIGHT))
     fed.start_node("retailer", policy=open_policy("retailer", "retailer", fed.work), agent_class=_SilentAgent)
     _start(fed, ("telco",))
-    budget = fed.ledgers("bank").budget
     for job in ("elsewhere-1", "elsewhere-2"):  # bank's period is spent elsewhere: it vetoes
-        reservation = budget.reserve(job_id=job, dataset="customers", epsilon=0.5, delta=1e-7)
-        budget.commit(reservation, egress=fed.ledgers("bank").egress, record=_record(job), payload=b"x")
+        spend_elsewhere(fed, "bank", job, dataset="customers", epsilon=0.5, delta=1e-7)
     started = time.monotonic()
     with fed.analyst() as client:
         job_id = client.submit(_count())

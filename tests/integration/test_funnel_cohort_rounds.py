@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from federation import Federation, open_policy, wait_for
+from federation import Federation, open_policy, spend_elsewhere, wait_for
 
 from tessera.cli.demo_data import FUNNEL_STEPS, cdnow_purchases, write_events
 from tessera.client.budget import BudgetRefused
@@ -200,10 +200,9 @@ def test_jobs_over_budget_are_refused_and_spend_nothing(fed: Federation) -> None
         for i in range(100):
             job = f"elsewhere-{epsilon}-{i}"
             try:
-                reservation = budget.reserve(job_id=job, dataset="transactions", epsilon=epsilon, delta=1e-6)
+                spend_elsewhere(fed, "telco", job, dataset="transactions", epsilon=epsilon, delta=1e-6)
             except BudgetRefused:
                 break
-            budget.commit(reservation, egress=fed.ledgers("telco").egress, record=_record(job), payload=b"x")
     spent = budget.remaining().rho_spent
     kmeans = _spec(
         "kmeans",
@@ -222,22 +221,3 @@ def test_jobs_over_budget_are_refused_and_spend_nothing(fed: Federation) -> None
     for name in NAMES:
         assert _charged(fed, name, refused["job_id"]) == 0
         wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
-
-
-def _record(job_id: str) -> object:
-    from tessera.client.egress import EgressRecord
-
-    return EgressRecord(
-        job_id=job_id,
-        round=1,
-        stage="masked_input",
-        purpose="research",
-        analysis="count",
-        fields=(),
-        shape=(1,),
-        noise={},
-        rho=0.001,
-        epsilon=1.0,
-        delta=1e-6,
-        policy_hash="test",
-    )
