@@ -232,7 +232,7 @@ class JobService:
 
     def _start_report_round(self, job: JobRecord, participants: Sequence[str], *, now: datetime) -> JobRecord:
         stage = Stage.LOCAL_REPORT
-        self.store.add_tasks(
+        self.add_store_tasks(
             job.job_id,
             round=1,
             stage=stage,
@@ -251,7 +251,6 @@ class JobService:
             stage=stage,
             expected=len(participants),
         )
-        self._stored_for(participants)
         self.notifier.notify(participants, job=job.job_id)
         return job
 
@@ -339,9 +338,12 @@ class JobService:
         node: a task stream reads the store only when this moved since it last looked."""
         return self._store_versions.get(node_id, 0)
 
-    def _stored_for(self, nodes: Collection[str]) -> None:
+    def add_store_tasks(self, job_id: str, *, node_ids: Sequence[str], **task: Any) -> None:
+        """Add tasks that live in the store (reports, end notices, overlap's relay) and move each
+        node's store version, so its task stream reads them (``SqlStore.add_tasks``'s arguments)."""
+        self.store.add_tasks(job_id, node_ids=node_ids, **task)
         with self._versions_lock:
-            for node in nodes:
+            for node in node_ids:
                 self._store_versions[node] = self._store_versions.get(node, 0) + 1
 
     def task_for(self, node_id: str, *, task_id: str, job_id: str, round_no: int, stage: Stage) -> TaskRecord:
@@ -713,7 +715,7 @@ class JobService:
         }
         targets = sorted(joined | set(nodes))
         if targets:
-            self.store.add_tasks(
+            self.add_store_tasks(
                 job.job_id,
                 round=job.round,
                 epoch=-1,
@@ -723,7 +725,6 @@ class JobService:
                 deadline=now + self.stage_timeout,
                 stage_input=END_CODEC.encode(),
             )
-            self._stored_for(targets)
             self.notifier.notify(targets, job=job.job_id)
 
     # -- time and recovery ----------------------------------------------------------------------

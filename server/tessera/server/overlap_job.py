@@ -93,7 +93,7 @@ class OverlapRelay:
                 outcome=f"accepted: overlap of {len(pairs)} pair(s) on {params.identifier}",
             )
             deadline = self._deadline(job, now)
-            store.add_tasks(
+            self.jobs.add_store_tasks(
                 job.job_id,
                 round=BLIND_ROUND,
                 stage=Stage.PSI,
@@ -114,7 +114,6 @@ class OverlapRelay:
                 stage=Stage.PSI,
                 expected=len(nodes),
             )
-        self.jobs._stored_for(nodes)  # streams re-read the store only for nodes whose version moved
         self.jobs.notifier.notify(nodes, job=job.job_id)
         return job
 
@@ -234,7 +233,7 @@ class OverlapRelay:
         depth = max(len(q) for q in queue.values())
         for seq in range(depth):
             inputs = {n: q[seq] for n, q in queue.items() if seq < len(q)}
-            self.jobs.store.add_tasks(
+            self.jobs.add_store_tasks(
                 job.job_id,
                 round=REBLIND_ROUND,
                 epoch=seq + 1,
@@ -255,7 +254,6 @@ class OverlapRelay:
             f"relaying {parts} part(s)",
             stage=Stage.PSI,
         )
-        self.jobs._stored_for(nodes)
         self.jobs.notifier.notify(nodes, job=job.job_id)
 
     @staticmethod
