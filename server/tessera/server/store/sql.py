@@ -811,20 +811,7 @@ class SqlStore:
 
     @staticmethod
     def _task(row: TaskRow, *, payload: bool = True) -> TaskRecord:
-        if not payload:
-            return TaskRecord(
-                task_id=row.task_id,
-                job_id=row.job_id,
-                node_id=row.node_id,
-                round=row.round,
-                epoch=row.epoch or 0,
-                stage=Stage(row.stage),
-                state=TaskState(row.state),
-                stage_input=b"",
-                round_input=b"",
-                deadline=_utc(row.deadline) if row.deadline else None,
-                answer=None,
-            )
+        # Without ``payload`` the inputs and answer were not loaded: touching them would load them.
         return TaskRecord(
             task_id=row.task_id,
             job_id=row.job_id,
@@ -833,10 +820,10 @@ class SqlStore:
             epoch=row.epoch or 0,
             stage=Stage(row.stage),
             state=TaskState(row.state),
-            stage_input=row.stage_input or b"",
-            round_input=row.round_input or b"",
+            stage_input=(row.stage_input or b"") if payload else b"",
+            round_input=(row.round_input or b"") if payload else b"",
             deadline=_utc(row.deadline) if row.deadline else None,
-            answer=row.answer_pb,
+            answer=row.answer_pb if payload else None,
         )
 
     # -- events and audit ----------------------------------------------------------------------
