@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from federation import DroppingAgent, Federation, open_policy, spend_elsewhere, wait_for
 
@@ -265,6 +266,16 @@ def test_the_store_gets_every_task_of_every_stage_and_no_stage_input(fed: Federa
     assert all(t.stage_input == b"" and t.round_input == b"" for t in tasks)
 
 
+def test_peer_certificates_cross_the_wire_once_per_node_process(fed: Federation) -> None:
+    # The set-up pins certificates by fingerprint; a node fetches and verifies the ones it has
+    # not seen, so a second job (a new epoch) fetches nothing.
+    _start(fed, ("bank", "telco", "retailer"))
+    for _ in range(2):
+        assert _run(fed, _count())["status"] == "succeeded"
+    for name in ("bank", "telco", "retailer"):
+        assert fed.agents[name].runner.dp.peers.verified == 3, name
+
+
 class _SilentAgent(NodeAgent):
     """A node that stays connected and heartbeating but never answers advertise_keys (a hang)."""
 
@@ -274,6 +285,29 @@ class _SilentAgent(NodeAgent):
         if serde.stage_from_pb(task.stage).value == "advertise_keys":
             return
         super()._answer(stub, task)
+
+
+def test_only_a_participant_of_a_running_job_gets_its_certificates(fed: Federation) -> None:
+    from tessera.client.agent import RPC_TIMEOUT_S
+    from tessera.v1 import node_pb2
+
+    def ask(name: str, job_id: str) -> dict[str, str]:
+        agent = fed.agents[name]
+        assert agent._stub is not None
+        request = node_pb2.PeerCertificatesRequest(job_id=job_id, node_ids=["bank", "telco", "stranger"])
+        answer = agent._stub.PeerCertificates(request, timeout=RPC_TIMEOUT_S, metadata=agent._metadata)
+        return {c.node_id: c.cert_pem for c in answer.certificates}
+
+    _start(fed, ("bank", "telco"))
+    fed.start_node("retailer", policy=open_policy("retailer", "retailer", fed.work), agent_class=_SilentAgent)
+    with fed.analyst() as client:
+        job_id = client.submit(_count())  # stays at advertise_keys: the retailer never answers
+        _start(fed, ("stranger",))  # connected after the job chose its participants
+        assert set(ask("bank", job_id)) == {"bank", "telco"}  # the stranger's is not the job's
+        for job in (job_id, "no-such-job"):
+            with pytest.raises(grpc.RpcError) as refused:
+                ask("stranger", job)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_vetoes_that_leave_too_few_nodes_fail_the_job_at_once(fed: Federation) -> None:

@@ -14,6 +14,7 @@ import random
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -24,7 +25,7 @@ from tessera.client.outgoing import NodeLedgers, Outgoing
 from tessera.client.overlap_source import IdentifierSource
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
-from tessera.core.errors import ConfigError, PkiError, TesseraError
+from tessera.core.errors import ConfigError, PkiError, TesseraError, Unavailable
 from tessera.core.grpc_status import MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.pki.server_check import check_coordinator
@@ -67,7 +68,9 @@ class NodeAgent:
             NodeIdentity.from_tls(config.tls),
             ledgers.budget,
             identifiers=identifiers,
+            fetch_certificates=self._peer_certificates,
         )
+        self._stub: node_pb2_grpc.NodeServiceStub | None = None  # while connected
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._call: grpc.Future | None = None
         self._stop = threading.Event()
@@ -98,7 +101,7 @@ class NodeAgent:
                 # Our own handshake first: the CRL and the real cause of a failure (see server_check).
                 check_coordinator(self.config.coordinator, self.config.tls)
                 with grpc.secure_channel(self.config.coordinator, creds, options=options) as channel:
-                    stub = node_pb2_grpc.NodeServiceStub(channel)
+                    stub = self._stub = node_pb2_grpc.NodeServiceStub(channel)
                     interval = self._enrol(stub)
                     backoff = self.config.backoff_initial_s
                     beat_stop = threading.Event()
@@ -115,6 +118,7 @@ class NodeAgent:
                         beat_stop.set()
                         beat.join(timeout=2)
             except PkiError as exc:
+                self._stub = None
                 log.error("not connecting to %s: %s", self.config.coordinator, exc.message)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
@@ -123,6 +127,7 @@ class NodeAgent:
             except Exception as exc:  # e.g. the node's database was briefly unavailable
                 # Keep serving: reconnect after the backoff; the unanswered task comes back.
                 log.error("task loop failed error=%s; reconnecting", type(exc).__name__)
+            self._stub = None
             self.enrolled.clear()
             if self._stop.is_set():
                 break
@@ -172,6 +177,19 @@ class NodeAgent:
             log.debug("egress head anchored seq=%d", anchored.seq)
         if response.re_enrol:
             self._enrol(stub)
+
+    def _peer_certificates(self, job_id: str, nodes: Sequence[str]) -> dict[str, str]:
+        """Certificates of a job's participants from the coordinator (the runner verifies them)."""
+        stub = self._stub
+        if stub is None:
+            raise Unavailable("not connected to the coordinator")
+        request = node_pb2.PeerCertificatesRequest(job_id=job_id, node_ids=list(nodes))
+        try:
+            response = stub.PeerCertificates(request, timeout=RPC_TIMEOUT_S, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+            raise Unavailable(f"the coordinator did not send the peers' certificates ({code})") from None
+        return {c.node_id: c.cert_pem for c in response.certificates}
 
     def _serve_tasks(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
         call = stub.ReceiveTasks(node_pb2.ReceiveTasksRequest(), metadata=self._metadata)

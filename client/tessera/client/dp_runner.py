@@ -1,16 +1,16 @@
 """The node's half of a DP job: policy and budget first, then one private sum per round.
 
-A job is a program of rounds (``core.analyses.program``) run inside secure-aggregation key
-epochs. ADVERTISE_KEYS opens an epoch: check the job against the policy, check the security
-parameters the coordinator proposes against the node's own, plan the round, verify every
-participant's certificate, reserve the budget of the WHOLE job (all rounds; idempotent, so a new
-epoch of a job it already joined reuses the reservation) — all before any data is read — and
-advertise the epoch's signed keys. SHARE_KEYS shares the key secrets and the first self-mask.
-Each round then runs MASKED_INPUT (read the data, compute the round's clipped vector from the
-public input, add this node's noise share, mask it; the message is charged that round's ρ in the
-same transaction as its egress record), CONSISTENCY_CHECK (sign the survivor set) and UNMASK
-(reveal shares once at least the quorum signed the same set; hand over the next round's
-self-mask shares). A job that ends frees what no round spent. A refusal at any stage is a veto.
+A job is a program of rounds (``core.analyses.program``) run inside secure-aggregation key epochs.
+ADVERTISE_KEYS opens an epoch: check the job against the policy, check the security parameters the
+coordinator proposes against the node's own, plan the round, verify every participant's certificate
+(each once per node process, ``peer_keys``), reserve the budget of the WHOLE job (all rounds;
+idempotent, so a new epoch of a job it already joined reuses the reservation) — all before any data
+is read — and advertise the epoch's signed keys. SHARE_KEYS shares the key secrets and the first
+self-mask. Each round then runs MASKED_INPUT (read the data, compute the round's clipped vector
+from the public input, add this node's noise share, mask it; the message is charged that round's ρ
+in the same transaction as its egress record), CONSISTENCY_CHECK (sign the survivor set) and UNMASK
+(reveal shares once at least the quorum signed the same set; hand over the next round's self-mask
+shares). A job that ends frees what no round spent. A refusal at any stage is a veto.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -31,15 +30,15 @@ from tessera.client.budget import BudgetLedger, Reservation
 from tessera.client.datasource import DataSource, read_for_plan
 from tessera.client.egress import EgressRecord
 from tessera.client.outgoing import Outgoing
+from tessera.client.peer_keys import FetchCertificates, PeerKeys
 from tessera.core.analyses.contribution import customers_in
 from tessera.core.analyses.customer_table import plan_fields, read_columns
 from tessera.core.analyses.program import Program, check_public
 from tessera.core.analyses.registry import get_program
 from tessera.core.analyses.vector import VectorPlan, add_noise, bits_for, encode
 from tessera.core.dp import secure_generator
-from tessera.core.errors import Conflict, CryptoError, InvalidRequest, PkiError, PolicyViolation
-from tessera.core.pki import TlsFiles, load_certificate, load_revoked_serials
-from tessera.core.pki.verify import verify_certificate
+from tessera.core.errors import Conflict, InvalidRequest, PkiError, PolicyViolation
+from tessera.core.pki import TlsFiles
 from tessera.core.policy import Policy, check_job
 from tessera.core.rounds import RoundSetup, analysis_spec
 from tessera.core.secagg import EpochSessions, SecAggClient, SecurityParams, codec
@@ -87,7 +86,14 @@ class _Job:
 
 class DpRunner:
     def __init__(
-        self, node_id: str, policy: Policy, data: DataSource, identity: NodeIdentity, budget: BudgetLedger
+        self,
+        node_id: str,
+        policy: Policy,
+        data: DataSource,
+        identity: NodeIdentity,
+        budget: BudgetLedger,
+        *,
+        fetch_certificates: FetchCertificates | None = None,
     ) -> None:
         self.node_id = node_id
         self.policy = policy
@@ -95,6 +101,7 @@ class DpRunner:
         self.identity = identity
         self.budget = budget
         self.security = SecurityParams.from_policy(policy)
+        self.peers = PeerKeys(identity.ca_path, identity.crl_path, fetch_certificates)
         self._jobs: dict[str, _Job] = {}
         self._epochs = EpochSessions()  # destroys a job's older epoch before a newer one starts
 
@@ -171,7 +178,7 @@ class DpRunner:
         # The node's own security parameters decide; the coordinator only proposes (fail closed).
         config = setup.config(self.security)
         plan = self._plan(program, spec, setup, task.round, task.round_input, n_nodes=len(job_nodes))
-        peer_keys = self._verified_peer_keys(setup)
+        peer_keys = self.peers.for_setup(setup)
         previous = self._jobs.get(task.job_id)
         # Budget last among the checks: a reservation is the only one that changes state. It is
         # the whole job's, idempotent per job, so a new epoch reuses what the job reserved.
@@ -315,29 +322,6 @@ class DpRunner:
             secagg=node_pb2.OpaqueStage(data=data, codec=f"secagg/v2/{stage.value}"),
         )
         return Outgoing(record=record, message=message, reservation=state.reservation if charged else None)
-
-    def _verified_peer_keys(self, setup: RoundSetup) -> dict[str, ec.EllipticCurvePublicKey]:
-        """Each participant's certificate key, after checking the CA issued it to that node."""
-        revoked = (
-            load_revoked_serials(self.identity.crl_path, self.identity.ca_path)
-            if self.identity.crl_path is not None
-            else frozenset()
-        )
-        keys: dict[str, ec.EllipticCurvePublicKey] = {}
-        certificates = dict(setup.certificates)
-        # The CA read and parsed once, not once per participant (1.8 ms against 0.5 ms a peer,
-        # which at a thousand participants is most of the advertise-keys stage).
-        ca = load_certificate(self.identity.ca_path, "CA certificate")
-        for node in setup.participants:
-            pem = certificates.get(node, "").encode()
-            identity = verify_certificate(pem, ca, kind="node", revoked=revoked)
-            if identity.name != node:
-                raise CryptoError("a relayed certificate names another node than the one it stands for")
-            public = x509.load_pem_x509_certificate(pem).public_key()
-            if not isinstance(public, ec.EllipticCurvePublicKey):
-                raise CryptoError("a peer certificate does not hold an ECDSA key")
-            keys[node] = public
-        return keys
 
     def _prune(self) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from tessera.client.egress import EgressRecord
 from tessera.client.outgoing import Outgoing
 from tessera.client.overlap_runner import OverlapRunner
 from tessera.client.overlap_source import CsvIdentifiers, IdentifierSource
+from tessera.client.peer_keys import FetchCertificates
 from tessera.core import __version__, serde
 from tessera.core.analyses import inventory, overlap
 from tessera.core.errors import TesseraError
@@ -31,11 +32,12 @@ class TaskRunner:
         budget: BudgetLedger,
         *,
         identifiers: IdentifierSource | None = None,
+        fetch_certificates: FetchCertificates | None = None,
     ) -> None:
         self.node_id = node_id
         self.policy = policy
         self.data = data
-        self.dp = DpRunner(node_id, policy, data, identity, budget)
+        self.dp = DpRunner(node_id, policy, data, identity, budget, fetch_certificates=fetch_certificates)
         if identifiers is None and isinstance(data, CsvDataSource):
             identifiers = CsvIdentifiers(data.files, policy)
         self.overlap = OverlapRunner(node_id, policy, identifiers, budget)

@@ -1,9 +1,12 @@
 """The public set-up of one secure-aggregation epoch, as the coordinator sends it to every node.
 
 It travels as the stage input of the ADVERTISE_KEYS task (opaque bytes on the wire, JSON inside)
-and carries what a node needs to build the epoch's ``EpochConfig``, plus each participant's
-certificate so that nodes can verify advertised keys themselves: the coordinator relays
-certificates but cannot forge one, so it cannot substitute a node's keys.
+and carries what a node needs to build the epoch's ``EpochConfig``, plus the SHA-256 fingerprint
+of each participant's certificate so that nodes can verify advertised keys themselves: the
+coordinator relays certificates but cannot forge one, so it cannot substitute a node's keys. A
+node fetches the certificates it has not seen (``PeerCertificates``) and keeps the verified ones
+for its lifetime: sending every certificate to every node in every epoch made the set-up grow as
+n^2 (746 KB per node at 1,000 nodes, against 87 KB with fingerprints).
 
 The coordinator only *proposes*: a node builds the masking graph itself from the public seed with
 a degree of at least its own minimum (``SecurityParams.graph``), ignores a ``max_dropout`` below
@@ -13,6 +16,7 @@ Nodes that disagree on the result sign different parameter digests and stop at S
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 
@@ -30,6 +34,11 @@ SPARSE_FROM = 20
 # What the coordinator assumes of nodes when it derives the graph itself (``degree`` 0): the
 # policy default collusion tolerance. Nodes with a stricter policy need a larger ``degree``.
 COORDINATOR_VIEW = SecurityParams(min_participants=2, collusion_tolerance=1)
+
+
+def certificate_fingerprint(pem: str) -> str:
+    """SHA-256 (hex) of a certificate as its PEM text: how a round set-up names it."""
+    return hashlib.sha256(pem.encode()).hexdigest()
 
 
 def round_param(spec: JobSpec, name: str, default: int) -> int:
@@ -53,7 +62,7 @@ class RoundSetup:
     threshold: int
     bits: int
     length: int
-    certificates: tuple[tuple[str, str], ...]  # (node id, certificate PEM), sorted by node id
+    fingerprints: tuple[tuple[str, str], ...]  # (node id, certificate_fingerprint), by node id
     graph_seed: str = ""  # hex; empty means the complete graph
     max_dropout: float = 0.1  # a proposal: it can raise a node's degree, never lower it
     epoch: int = 0
@@ -92,14 +101,14 @@ class RoundSetup:
 
     def to_bytes(self) -> bytes:
         doc = {
-            "v": 1,
+            "v": 2,
             "job_id": self.job_id,
             "round_no": self.round_no,
             "participants": list(self.participants),
             "threshold": self.threshold,
             "bits": self.bits,
             "length": self.length,
-            "certificates": [list(pair) for pair in self.certificates],
+            "fingerprints": [list(pair) for pair in self.fingerprints],
             "graph_seed": self.graph_seed,
             "max_dropout": self.max_dropout,
             "epoch": self.epoch,
@@ -113,7 +122,7 @@ class RoundSetup:
     def from_bytes(cls, data: bytes) -> RoundSetup:
         try:
             doc = json.loads(data)
-            if doc.pop("v") != 1:
+            if doc.pop("v") != 2:
                 raise ValueError
             return cls(
                 job_id=str(doc["job_id"]),
@@ -122,7 +131,7 @@ class RoundSetup:
                 threshold=int(doc["threshold"]),
                 bits=int(doc["bits"]),
                 length=int(doc["length"]),
-                certificates=tuple((str(n), str(pem)) for n, pem in doc["certificates"]),
+                fingerprints=tuple((str(n), str(fp)) for n, fp in doc["fingerprints"]),
                 graph_seed=str(doc["graph_seed"]),
                 max_dropout=float(doc["max_dropout"]),
                 epoch=int(doc.get("epoch", 0)),

@@ -64,6 +64,11 @@ class NodeServiceStub:
                 request_serializer=tessera_dot_v1_dot_node__pb2.VetoReport.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_node__pb2.SubmitAck.FromString,
                 _registered_method=True)
+        self.PeerCertificates = channel.unary_unary(
+                '/tessera.v1.NodeService/PeerCertificates',
+                request_serializer=tessera_dot_v1_dot_node__pb2.PeerCertificatesRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_node__pb2.PeerCertificatesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -109,6 +114,16 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PeerCertificates(self, request, context):
+        """The certificates of a running job's participants that this node has not seen yet. A round
+        set-up names each participant's certificate by its SHA-256 fingerprint only, so the
+        certificates cross the wire once per node process, not once per node per epoch; the node
+        verifies each against the CA itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +156,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ReportVeto,
                     request_deserializer=tessera_dot_v1_dot_node__pb2.VetoReport.FromString,
                     response_serializer=tessera_dot_v1_dot_node__pb2.SubmitAck.SerializeToString,
+            ),
+            'PeerCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerCertificates,
+                    request_deserializer=tessera_dot_v1_dot_node__pb2.PeerCertificatesRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_node__pb2.PeerCertificatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +325,33 @@ class NodeService:
             '/tessera.v1.NodeService/ReportVeto',
             tessera_dot_v1_dot_node__pb2.VetoReport.SerializeToString,
             tessera_dot_v1_dot_node__pb2.SubmitAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.NodeService/PeerCertificates',
+            tessera_dot_v1_dot_node__pb2.PeerCertificatesRequest.SerializeToString,
+            tessera_dot_v1_dot_node__pb2.PeerCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,12 @@ class NodeServiceStub:
     """Long-poll alternative for networks that cut long-lived streams."""
     SubmitRoundMessage: _grpc.UnaryUnaryMultiCallable[_node_pb2.RoundMessage, _node_pb2.SubmitAck]
     ReportVeto: _grpc.UnaryUnaryMultiCallable[_node_pb2.VetoReport, _node_pb2.SubmitAck]
+    PeerCertificates: _grpc.UnaryUnaryMultiCallable[_node_pb2.PeerCertificatesRequest, _node_pb2.PeerCertificatesResponse]
+    """The certificates of a running job's participants that this node has not seen yet. A round
+    set-up names each participant's certificate by its SHA-256 fingerprint only, so the
+    certificates cross the wire once per node process, not once per node per epoch; the node
+    verifies each against the CA itself.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -59,6 +65,12 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Long-poll alternative for networks that cut long-lived streams."""
     SubmitRoundMessage: _aio.UnaryUnaryMultiCallable[_node_pb2.RoundMessage, _node_pb2.SubmitAck]  # type: ignore[assignment]
     ReportVeto: _aio.UnaryUnaryMultiCallable[_node_pb2.VetoReport, _node_pb2.SubmitAck]  # type: ignore[assignment]
+    PeerCertificates: _aio.UnaryUnaryMultiCallable[_node_pb2.PeerCertificatesRequest, _node_pb2.PeerCertificatesResponse]  # type: ignore[assignment]
+    """The certificates of a running job's participants that this node has not seen yet. A round
+    set-up names each participant's certificate by its SHA-256 fingerprint only, so the
+    certificates cross the wire once per node process, not once per node per epoch; the node
+    verifies each against the CA itself.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -107,5 +119,17 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.VetoReport,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.SubmitAck, _abc.Awaitable[_node_pb2.SubmitAck]]: ...
+
+    @_abc_1.abstractmethod
+    def PeerCertificates(
+        self,
+        request: _node_pb2.PeerCertificatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.PeerCertificatesResponse, _abc.Awaitable[_node_pb2.PeerCertificatesResponse]]:
+        """The certificates of a running job's participants that this node has not seen yet. A round
+        set-up names each participant's certificate by its SHA-256 fingerprint only, so the
+        certificates cross the wire once per node process, not once per node per epoch; the node
+        verifies each against the CA itself.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from tessera.core.analyses.customer_table import plan_fields
 from tessera.core.analyses.program import Program, Public, Step, check_public
 from tessera.core.analyses.vector import VectorPlan, bits_for
 from tessera.core.errors import Conflict, InvalidRequest
-from tessera.core.rounds import SPARSE_FROM, RoundSetup, analysis_spec
+from tessera.core.rounds import SPARSE_FROM, RoundSetup, analysis_spec, certificate_fingerprint
 from tessera.core.secagg import SecurityParams
 from tessera.core.types import FieldSchema, JobSpec, Stage
 from tessera.server.dp_round import DpRound, RoundSum
@@ -172,7 +172,7 @@ class DpJob:
             threshold=self.state.threshold,
             bits=bits_for(plan, max_customers=self.state.max_customers),
             length=plan.length,
-            certificates=tuple((n, self.nodes[n].cert_pem) for n in live),
+            fingerprints=tuple((n, certificate_fingerprint(self.nodes[n].cert_pem)) for n in live),
             graph_seed=os.urandom(32).hex() if sparse else "",
             degree=security.min_degree(len(live), self.state.threshold) if sparse else 0,
             collusion=self.state.collusion,
@@ -180,8 +180,8 @@ class DpJob:
         )
         self.state = replace(self.state, epoch=epoch)
         self.plan = plan
-        self.round = DpRound(setup, security)
-        encoded = setup.to_bytes()  # every node's certificate: encoded once, shared by all tasks
+        self.round = DpRound(setup, security, {n: self.nodes[n].cert_pem for n in live})
+        encoded = setup.to_bytes()  # encoded once, shared by all tasks
         return Tasks(
             stage=Stage.ADVERTISE_KEYS,
             round=self.state.round,

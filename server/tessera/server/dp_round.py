@@ -53,9 +53,10 @@ class RoundSum:
 class DpRound:
     """The coordinator's side of one epoch (one or more rounds of one job)."""
 
-    def __init__(self, setup: RoundSetup, security: SecurityParams) -> None:
+    def __init__(self, setup: RoundSetup, security: SecurityParams, certificates: Mapping[str, str]) -> None:
+        """``certificates``: each participant's certificate PEM (those the set-up fingerprints)."""
         self.setup = setup
-        peer_keys = _public_keys(dict(setup.certificates))
+        peer_keys = _public_keys(certificates)
         self.server = SecAggServer(setup.config(security), peer_keys=peer_keys)
         self.stage = Stage.ADVERTISE_KEYS
 

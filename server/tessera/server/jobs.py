@@ -333,6 +333,14 @@ class JobService:
                 found.append((open_stage.created_at, open_stage.record(node_id, payload=True)))
         return [task for _, task in sorted(found, key=lambda pair: (pair[0], pair[1].task_id))]
 
+    def peer_certificates(self, node_id: str, job_id: str, wanted: Sequence[str]) -> dict[str, str]:
+        """Certificates of a running DP job's participants, for one of them (from memory). Whom a
+        job runs with is the node's own business; anyone else's certificates are not."""
+        dp_job = self._dp.get(job_id)
+        if dp_job is None or node_id not in dp_job.nodes:
+            raise NotFound("this node takes part in no running secure-aggregation job of that id")
+        return {n: dp_job.nodes[n].cert_pem for n in dict.fromkeys(wanted) if n in dp_job.nodes}
+
     def store_version(self, node_id: str) -> int:
         """Moves whenever tasks that live in the store (reports, end notices) are added for the
         node: a task stream reads the store only when this moved since it last looked."""

@@ -33,6 +33,8 @@ Identify = Callable[[grpc.ServicerContext], PeerIdentity]
 MAX_POLL_WAIT_S = 30.0
 # A task stream re-reads the store this often even without a wake-up (a safety net only).
 STREAM_RECHECK_S = 60.0
+# Certificates in one answer (about 650 bytes each: 6.5 MB, well under the message limit).
+MAX_PEER_CERTIFICATES = 10_000
 
 
 class KeyedGates:
@@ -213,6 +215,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         async with self.gates.hold(task.job_id):
             fresh = await self.run(self.jobs.on_veto, node_id, task, veto)
         return node_pb2.SubmitAck(accepted=fresh, detail="" if fresh else "already answered")
+
+    async def PeerCertificates(
+        self, request: node_pb2.PeerCertificatesRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.PeerCertificatesResponse:
+        node_id = self._node(context)
+        if len(request.node_ids) > MAX_PEER_CERTIFICATES:
+            raise InvalidRequest(f"ask for at most {MAX_PEER_CERTIFICATES} certificates at a time")
+        # From the running job in memory, on the loop: no store read.
+        found = self.jobs.peer_certificates(node_id, request.job_id, request.node_ids)
+        return node_pb2.PeerCertificatesResponse(
+            certificates=[node_pb2.PeerCertificate(node_id=n, cert_pem=pem) for n, pem in found.items()]
+        )
 
     async def _task(self, node_id: str, task_id: str, job_id: str, round_no: int, stage: Stage) -> TaskRecord:
         return await self.run(

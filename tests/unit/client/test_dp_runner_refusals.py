@@ -20,12 +20,18 @@ from tessera.core import pki, serde
 from tessera.core.analyses.registry import get_vector_analysis
 from tessera.core.pki import TlsFiles
 from tessera.core.policy import load_policy
-from tessera.core.rounds import RoundSetup
+from tessera.core.rounds import RoundSetup, certificate_fingerprint
 from tessera.core.types import JobSpec, Stage
 from tessera.v1 import node_pb2
 
 POLICY = Path(__file__).resolve().parents[3] / "policies" / "bank.yaml"
 PEERS = ("bank", "retailer", "telco")
+# What the coordinator answers when the node fetches its peers' certificates (set by ``_task``).
+SERVED: dict[str, str] = {}
+
+
+def _fetch(job_id: str, nodes: Sequence[str]) -> dict[str, str]:
+    return {n: SERVED[n] for n in nodes if n in SERVED}
 
 
 class ReadSpy(CsvDataSource):
@@ -46,7 +52,8 @@ def node(pki_dir: Path, tmp_path: Path) -> tuple[TaskRunner, ReadSpy, object]:
     data = ReadSpy({"customers": csv}, policy)
     ledgers = open_ledgers(node_engine(f"sqlite:///{tmp_path / 'ledgers.db'}"), policy)
     identity = NodeIdentity.from_tls(TlsFiles.for_identity(pki_dir, "node", "bank"))
-    return TaskRunner("bank", policy, data, identity, ledgers.budget), data, ledgers
+    runner = TaskRunner("bank", policy, data, identity, ledgers.budget, fetch_certificates=_fetch)
+    return runner, data, ledgers
 
 
 def _spec(**changes: object) -> JobSpec:
@@ -66,6 +73,8 @@ def _task(
     stage: Stage = Stage.ADVERTISE_KEYS,
 ) -> node_pb2.Task:
     certs = certs or {n: (pki_dir / "nodes" / f"{n}.pem").read_bytes() for n in participants}
+    SERVED.clear()
+    SERVED.update((n, pem.decode()) for n, pem in certs.items())
     if stage_input is None:
         fields = {f.name: f for f in load_policy(POLICY).schema("customers").fields}
         plan = get_vector_analysis(spec.analysis).plan(
@@ -78,7 +87,7 @@ def _task(
             threshold=len(participants),
             bits=32,
             length=plan.length,
-            certificates=tuple((n, certs[n].decode()) for n in participants),
+            fingerprints=tuple((n, certificate_fingerprint(certs[n].decode())) for n in participants),
             epoch=1,
             max_customers=1000,
         )

@@ -33,7 +33,7 @@ def _setup(n: int, threshold: int, **kwargs: Any) -> RoundSetup:
         threshold=threshold,
         bits=32,
         length=4,
-        certificates=(),
+        fingerprints=(),
         **kwargs,
     )
 
