@@ -250,7 +250,7 @@ def test_a_population_above_the_declared_cap_is_vetoed_not_wrapped(fed: Federati
 
 def test_the_store_gets_every_task_of_every_stage_and_no_stage_input(fed: Federation) -> None:
     # A stage's tasks are held in memory while it is open and written when it closes; inputs are
-    # never written (the advertise-keys input names every participant's certificate).
+    # never written (a roster or set-up names every participant: n^2 bytes per stage).
     _start(fed, ("bank", "telco", "retailer"))
     doc = _run(fed, _count(group_by="region", groups=("north", "south")))
     assert doc["status"] == "succeeded", doc

@@ -6,8 +6,8 @@ inputs and who answered stay here (one node's answer costs no database transacti
 is written to the store in one batch when it closes (``closed_records``). What must outlive a
 crash is written at once by the job service: a masked input (its node was charged) and a veto.
 
-Stage inputs are never written: an advertise-keys input names every participant's certificate,
-and at a thousand nodes one per task would be hundreds of megabytes per epoch. Every node of a
+Stage inputs are never written: a share-keys roster or an advertise-keys set-up names every
+participant, and at a thousand nodes one per task would be hundreds of megabytes per epoch. Every node of a
 stage with a common input shares the one ``bytes`` object held here.
 
 Reads come from the event loop (delivery, task look-up) and writes from the job service's worker

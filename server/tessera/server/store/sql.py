@@ -146,7 +146,7 @@ def _task_row(row: Row[Any]) -> TaskRecord:
     )
 
 
-# Columns a task's bookkeeping never needs (the stage input names every participant's certificate).
+# Columns a task's bookkeeping never needs (a stage input can be megabytes: rosters, shares).
 _NO_PAYLOAD = (defer(TaskRow.stage_input), defer(TaskRow.round_input), defer(TaskRow.answer_pb))
 
 
