@@ -4,12 +4,13 @@ each node (captured), and every refusal path."""
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from federation import Federation, open_policy
+from federation import DroppingAgent, Federation, open_policy
 
 import tessera.client.overlap_runner as overlap_runner
 import tessera.server.overlap_job as overlap_job
@@ -319,3 +320,27 @@ def test_a_vault_node_sends_nothing_of_its_blind_index(fed: Federation, tmp_path
     finally:
         fed.close()
         state.close()
+
+
+@pytest.mark.parametrize("drop_round", [1, 2])
+def test_a_node_that_dies_mid_job_fails_its_pairs_at_once_and_the_others_go_on(
+    fed: Federation, no_noise: None, drop_round: int
+) -> None:
+    # Its tasks' deadline is the whole job's (30 minutes): the job must not wait for it.
+    people = _people()
+    for name in PARTNERS:
+        _write(fed.work, name, people[name])
+        agent_class = (
+            type("DropTelco", (DroppingAgent,), {"drop_at": "psi", "drop_round": drop_round})
+            if name == "telco"
+            else NodeAgent
+        )
+        fed.start_node(name, policy=_policy(fed, name), agent_class=agent_class)
+    started = time.monotonic()
+    doc = _run(fed, identifier="email")
+    assert time.monotonic() - started < 30
+    assert doc["status"] == "succeeded", doc
+    table = _table(doc)
+    assert table[("bank", "retailer")]["estimate"] == TRUE[("bank", "retailer")]
+    for pair in (("bank", "telco"), ("retailer", "telco")):
+        assert table[pair]["status"] in ("refused", "failed"), table[pair]

@@ -676,7 +676,8 @@ class JobService:
         A report round fails naming the silent nodes. A secure-aggregation stage closes with the
         nodes that answered (the others dropped) as soon as every node it waits for is silent,
         ``gone`` (its connection closed and it did not come back) or late, and fails only if
-        fewer than the quorum remain.
+        fewer than the quorum remain. An overlap stage drops such nodes at once: their pairs
+        fail and the others go on (its deadline is the whole job's, far too long to wait).
         """
         now = self.clock()
         silent_before = now - self.node_silence
@@ -708,7 +709,7 @@ class JobService:
                 tasks = self._current_tasks(job)
                 waiting = [t for t in tasks if t.state.open]
                 late = [t for t in waiting if t.deadline is not None and t.deadline <= now]
-                if job.job_id in self._dp and waiting:
+                if (job.job_id in self._dp or job.job_id in self.overlap) and waiting:
                     seen = self.store.last_seen() if seen is None else seen
                     overdue = {t.task_id for t in late}
                     late += [
@@ -727,6 +728,11 @@ class JobService:
                         job.job_id, now=now, event=f"{late[0].stage.value}: {names} dropped"
                     )
                     self._advance(job.job_id, force=len(late) == len(waiting))
+                elif job.job_id in self.overlap:
+                    # The pairs of a node that is gone fail; the other pairs go on without it.
+                    self.store.expire_tasks([t.task_id for t in late])
+                    self.store.update_job(job.job_id, now=now, event=f"overlap: {names} dropped")
+                    self.overlap.advance(job.job_id)
                 else:
                     self._fail(
                         job.job_id,
