@@ -344,3 +344,17 @@ def test_a_node_that_dies_mid_job_fails_its_pairs_at_once_and_the_others_go_on(
     assert table[("bank", "retailer")]["estimate"] == TRUE[("bank", "retailer")]
     for pair in (("bank", "telco"), ("retailer", "telco")):
         assert table[pair]["status"] in ("refused", "failed"), table[pair]
+
+
+def test_the_coordinator_budget_mirror_counts_what_overlap_charged(fed: Federation) -> None:
+    from datetime import UTC, datetime
+
+    from tessera.server.budget_mirror import node_budgets
+
+    _start(fed)
+    assert _run(fed, identifier="email")["status"] == "succeeded"
+    assert fed.store is not None
+    views = {v.node_id: v for v in node_budgets(fed.store, fed.store.list_nodes(), now=datetime.now(UTC))}
+    for name in PARTNERS:
+        spent = fed.ledgers(name).budget.remaining().rho_spent
+        assert spent > 0 and views[name].rho_spent == pytest.approx(spent), name

@@ -37,7 +37,7 @@ from tessera.server.job_planning import drops_text, initial_state, plan_particip
 from tessera.server.notifier import Notifier
 from tessera.server.open_stage import OpenStage
 from tessera.server.overlap_job import OverlapRelay
-from tessera.server.store import JobRecord, NodeRecord, SqlStore, TaskRecord, TaskState
+from tessera.server.store import ROUND_CHARGED, JobRecord, NodeRecord, SqlStore, TaskRecord, TaskState
 from tessera.v1 import node_pb2
 
 log = logging.getLogger("tessera.coordinator.jobs")
@@ -610,7 +610,13 @@ class JobService:
         for task in self.store.tasks_for(job_id):
             if task.stage is Stage.MASKED_INPUT and task.state.value == "answered":
                 charged.setdefault(task.round, set()).add(task.node_id)
-        released = {r.round for r in self.store.rounds_for(job_id) if r.state == "released"}
+        rounds = self.store.rounds_for(job_id)
+        for r in rounds:
+            if r.state == ROUND_CHARGED:
+                charged.setdefault(r.round, set()).update(r.survivors)
+        if overlap_charged := self.overlap.charged(job_id):  # before its stage 1 is recorded
+            charged.setdefault(1, set()).update(overlap_charged)
+        released = {r.round for r in rounds if r.state == "released"}
         unreleased = {r: n for r, n in charged.items() if r not in released}
         if not charged:
             return "no node was charged"
@@ -623,7 +629,7 @@ class JobService:
 
     def _fail(self, job_id: str, reason: str, now: datetime) -> None:
         dp_job = self._drop_dp(job_id)
-        if dp_job is not None:
+        if dp_job is not None or job_id in self.overlap:
             reason = f"{reason} ({self._charged_text(job_id)})"
         job = self.store.update_job(
             job_id,

@@ -206,7 +206,17 @@ class OverlapRelay:
                 job_id, f"the coordinator could not relay the overlap ({type(exc).__name__})", now
             )
 
+    def charged(self, job_id: str) -> list[str]:
+        """Nodes charged so far: a node pays the job's ρ when its first blinded list leaves it."""
+        state = self._jobs.get(job_id)
+        return sorted(n for n, book in state.blinded.items() if book.public) if state is not None else []
+
     def _relay(self, job: JobRecord, state: _Overlap, now: datetime) -> None:
+        # The coordinator's budget mirror learns what stage 1 cost whom (``released_charges``).
+        rho = job_rho(epsilon=state.spec.epsilon, delta=state.spec.delta)
+        charged = self.charged(job.job_id)
+        if charged:
+            self.jobs.store.record_charges(job.job_id, round=BLIND_ROUND, rho=rho, nodes=charged, now=now)
         vetoes = {v.node_id: v for v in self.jobs.store.vetoes_for(job.job_id)}
         for i, (a, b) in enumerate(state.pairs):
             reasons = [self._why(state, n, i, vetoes) for n in (a, b)]

@@ -91,6 +91,11 @@ class AuditRecord:
     outcome: str
 
 
+# A round state besides running/released: charged to the nodes listed in ``survivors``, never
+# released (an overlap job's stage 1; it has no masked inputs to tell who paid).
+ROUND_CHARGED = "charged"
+
+
 @dataclass(frozen=True, slots=True)
 class RoundRecord:
     """One round of a DP job (see ``RoundRow``); ``charged`` are the nodes whose masked input the

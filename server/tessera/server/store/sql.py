@@ -40,6 +40,7 @@ from tessera.server.store.models import (
     TaskRow,
 )
 from tessera.server.store.records import (
+    ROUND_CHARGED,
     AuditRecord,
     EventRecord,
     JobRecord,
@@ -321,10 +322,19 @@ class SqlStore:
         A node is charged a round's ρ when its masked input leaves it, whether or not the round is
         then released (a round whose job failed later still cost its nodes): so every round with
         an answered masked-input task counts, for the nodes that answered, once per round however
-        many times the round was re-keyed.
+        many times the round was re-keyed. Jobs without masked inputs (overlap) record the nodes
+        they charged themselves (``record_charges``).
         """
         rounds = (
-            select(RoundRow.job_id, RoundRow.round, RoundRow.rho, RoundRow.started_at, JobRow.dataset)
+            select(
+                RoundRow.job_id,
+                RoundRow.round,
+                RoundRow.rho,
+                RoundRow.started_at,
+                JobRow.dataset,
+                RoundRow.state,
+                RoundRow.survivors,
+            )
             .join(JobRow, JobRow.job_id == RoundRow.job_id)
             .where(RoundRow.started_at >= since)
             .where(RoundRow.rho > 0)
@@ -341,11 +351,34 @@ class SqlStore:
             for job_id, round_no, node_id in s.execute(answered):
                 charged.setdefault((job_id, round_no), []).append(node_id)
             out = []
-            for job_id, round_no, rho, at, dataset in s.execute(rounds):
-                nodes = tuple(sorted(charged.get((job_id, round_no), ())))
+            for job_id, round_no, rho, at, dataset, state, listed in s.execute(rounds):
+                if state == ROUND_CHARGED:  # recorded with the nodes it charged (``record_charges``)
+                    nodes = tuple(sorted(n for n in listed.split(",") if n))
+                else:
+                    nodes = tuple(sorted(charged.get((job_id, round_no), ())))
                 if nodes:
                     out.append((dataset, _utc(at), float(rho), nodes))
             return out
+
+    def record_charges(
+        self, job_id: str, *, round: int, rho: float, nodes: Sequence[str], now: datetime
+    ) -> None:
+        """Record that ``nodes`` were charged ``rho`` for round ``round`` of a job that has no
+        masked inputs to tell (overlap: a node is charged when its first blinded list leaves)."""
+        with self._core() as conn:
+            conn.execute(
+                insert(_ROUNDS).values(
+                    job_id=job_id,
+                    round=round,
+                    rho=rho,
+                    state=ROUND_CHARGED,
+                    started_at=now,
+                    survivors=",".join(sorted(nodes)),
+                    dropped="",
+                    metric_json="",
+                    result_json="",
+                )
+            )
 
     # -- rounds of DP jobs -----------------------------------------------------------------------
 
