@@ -19,6 +19,10 @@ from collections.abc import Callable, Iterable
 
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
 
+# Per-job versions kept; older ones (of jobs nobody waits on) are forgotten, or a coordinator
+# that runs for months would keep one entry per job it ever ran.
+MAX_JOB_VERSIONS = 4096
+
 
 class Notifier:
     def __init__(self) -> None:
@@ -27,6 +31,9 @@ class Notifier:
         self._broadcasts = 0
         self._nodes: dict[str, int] = {}
         self._jobs: dict[str, int] = {}
+        # The largest version forgotten: a job without an entry reads this, and a job's entry
+        # restarts above it, so a version a watcher saw is never handed out again.
+        self._forgotten = 0
         self._job_broadcasts = 0
         self._closed = False
         self._watchers: set[_Waiter] = set()  # coroutines following the global version
@@ -55,7 +62,7 @@ class Notifier:
             return self._job_version(job_id)
 
     def _job_version(self, job_id: str) -> int:
-        return self._jobs.get(job_id, 0) + self._job_broadcasts
+        return self._jobs.get(job_id, self._forgotten) + self._job_broadcasts
 
     def notify(self, nodes: Iterable[str] = (), *, job: str | None = None) -> None:
         """Something changed: wake the task streams of ``nodes`` and the watchers of ``job``
@@ -68,13 +75,21 @@ class Notifier:
                 for waiters in self._job_waiters.values():
                     wake.extend(waiters)
             else:
-                self._jobs[job] = self._jobs.get(job, 0) + 1
+                self._jobs[job] = self._jobs.get(job, self._forgotten) + 1
                 wake.extend(self._job_waiters.get(job, ()))
+                if len(self._jobs) > MAX_JOB_VERSIONS:
+                    self._forget_jobs()
             for node in nodes:
                 self._nodes[node] = self._nodes.get(node, 0) + 1
                 wake.extend(self._node_waiters.get(node, ()))
             self._cond.notify_all()
         _wake(wake)
+
+    def _forget_jobs(self) -> None:
+        """Drop the older half of the per-job versions, except jobs someone waits on now."""
+        for job in list(self._jobs)[: MAX_JOB_VERSIONS // 2]:
+            if job not in self._job_waiters:
+                self._forgotten = max(self._forgotten, self._jobs.pop(job))
 
     def broadcast(self) -> None:
         """Wake every watcher and every node's task stream (e.g. a node re-enrolled)."""

@@ -133,3 +133,34 @@ def test_jobs_have_their_own_locks() -> None:
         with locks.hold("a"):  # re-entrant for the same job
             pass
     assert len(locks) == 0  # dropped when nobody holds or waits
+
+
+def test_per_job_versions_stay_bounded_and_never_repeat_a_version_a_watcher_saw() -> None:
+    from tessera.server.notifier import MAX_JOB_VERSIONS
+
+    notifier = Notifier()
+    notifier.notify(job="old")
+    notifier.notify(job="old")
+    seen_old = notifier.job_version("old")  # a watcher between two looks at its job
+    notifier.notify(job="busy")
+    for i in range(3 * MAX_JOB_VERSIONS):
+        notifier.notify(job=f"job-{i}")
+    assert len(notifier._jobs) <= MAX_JOB_VERSIONS
+    # "old" was forgotten: its version now reads differently or moves on its next change.
+    before = notifier.job_version("old")
+    notifier.notify(job="old")
+    assert notifier.job_version("old") not in (seen_old, before)
+
+    async def scenario() -> None:
+        # A job somebody waits on is never forgotten: the waiter is woken by its next change.
+        seen = notifier.job_version("watched")
+        waiter = asyncio.create_task(notifier.wait_job_async("watched", seen, timeout=30))
+        while notifier.waiting() < 1:
+            await asyncio.sleep(0)
+        for i in range(2 * MAX_JOB_VERSIONS):
+            notifier.notify(job=f"more-{i}")
+        assert not waiter.done()
+        notifier.notify(job="watched")
+        assert await asyncio.wait_for(waiter, 5) != seen
+
+    asyncio.run(scenario())
