@@ -629,7 +629,9 @@ class JobService:
 
     def _fail(self, job_id: str, reason: str, now: datetime) -> None:
         dp_job = self._drop_dp(job_id)
-        if dp_job is not None or job_id in self.overlap:
+        spec = self.store.get_job(job_id).spec
+        if get_analysis(spec.analysis).differentially_private or job_id in self.overlap:
+            # Whether or not this process still holds the job (a restart may have lost it).
             reason = f"{reason} ({self._charged_text(job_id)})"
         job = self.store.update_job(
             job_id,
@@ -779,7 +781,7 @@ class JobService:
                         self.store.update_job(job.job_id, now=now, event="coordinator restarted; job resumes")
                         self._advance(job.job_id)
                 except TesseraError as exc:
-                    self._drop_dp(job.job_id)
+                    self._drop_dp(job.job_id)  # every participant is told below, not only the live
                     self._fail(
                         job.job_id, f"the coordinator restarted and the job cannot go on: {exc.message}", now
                     )

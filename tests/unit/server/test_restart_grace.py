@@ -7,6 +7,7 @@ than the window to come back used to fail every running job at its first tick).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,4 +59,41 @@ def test_a_restarted_coordinator_waits_a_silence_window_before_dropping_anyone(t
     restarted.tick()
     failed = store.get_job(job.job_id)
     assert failed.state is JobState.FAILED and "advertise_keys" in failed.error
+    store.close()
+
+
+def test_a_job_that_cannot_resume_says_whom_it_charged_and_frees_every_node(tmp_path: Path) -> None:
+    from tessera.core.types import Stage
+    from tessera.server.budget_mirror import node_budgets
+    from tessera.server.dp_job import DriverState
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    clock = Clock()
+    for name in ("bank", "telco", "retailer"):
+        policy = load_policy(REPO / "policies" / f"{name}.yaml")
+        csv = tmp_path / f"{name}.csv"
+        write_customers(policy, "customers", csv, rows=20, seed=1)
+        schemas = CsvDataSource({"customers": csv}, policy).schemas()
+        store.upsert_node(name, node_version="1", policy=policy.summary(), datasets=schemas, now=T0)
+    service = JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE)
+    spec = JobSpec(analysis="count", dataset="customers", purpose="research", epsilon=0.5, delta=1e-7)
+    job = service.submit(spec, actor=ANALYST)
+    # Round 1's masked input left the bank (it was charged) before the coordinator died, and the
+    # job's last saved state keeps fewer nodes than its quorum: it cannot go on after the restart.
+    (task,) = store.add_tasks(
+        job.job_id, round=1, stage=Stage.MASKED_INPUT, node_ids=["bank"], now=T0, deadline=None
+    )
+    store.answer_task(task.task_id, answer=b"")
+    state = DriverState.from_json(store.get_job(job.job_id).driver_state)
+    store.save_driver_state(job.job_id, replace(state, live=("bank",)).to_json())
+
+    clock.now = T0 + timedelta(seconds=30)
+    JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE).recover()
+    failed = store.get_job(job.job_id)
+    assert failed.state is JobState.FAILED
+    assert "round 1 charged to bank without a release" in failed.error, failed.error
+    aborted = {t.node_id for t in store.tasks_for(job.job_id) if t.stage is Stage.ABORT}
+    assert aborted == {"bank", "telco", "retailer"}  # every node frees its reservation
+    views = {v.node_id: v for v in node_budgets(store, store.list_nodes(), now=clock.now)}
+    assert views["bank"].rho_spent > 0 and views["telco"].rho_spent == 0
     store.close()
