@@ -154,3 +154,29 @@ def test_absurd_clip_bounds_are_refused_before_the_job_exists(store: SqlStore) -
 
 def _fields(spec: JobSpec) -> dict[str, object]:
     return {f: getattr(spec, f) for f in ("analysis", "dataset", "purpose", "epsilon", "delta")}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "max_dropouts", "said"),
+    [
+        (3, 1, "quorum 3 (no dropout tolerated)"),  # the participant floor leaves no room to drop
+        (4, 1, "quorum 3 (tolerates 1 dropout)"),
+        (4, 0, "quorum 4 (no dropout tolerated)"),
+    ],
+)
+def test_each_dp_job_states_how_many_drops_it_tolerates_before_it_starts(
+    store: SqlStore, nodes: int, max_dropouts: int, said: str
+) -> None:
+    spend = DatasetSchema("customers", (FieldSchema("monthly_spend", "float", Tier.GENERAL_SENSITIVE),))
+    for name in NODES[:nodes]:
+        store.upsert_node(
+            name, node_version="t", policy=_summary(allowed_analyses=("sum",)), datasets=[spend], now=T0
+        )
+    params = {"field": "monthly_spend", "lower": 0.0, "upper": 100.0, "max_dropouts": max_dropouts}
+    spec = JobSpec(
+        analysis="sum", dataset="customers", purpose="research", epsilon=1.0, delta=1e-6, params=params
+    )
+    job = _service(store).submit(spec, actor=_peer("alice"))
+    (submitted,) = [a for a in store.list_audit() if a.action == "job.submit"]
+    assert said in submitted.outcome
+    assert any(said in e.message for e in store.events_after(job.job_id, 0))  # what a watch shows
