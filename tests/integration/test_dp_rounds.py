@@ -78,6 +78,12 @@ def test_count_by_region_is_released_charged_and_recorded(fed: Federation) -> No
         # The customer key is read too (to bound each customer), and recorded as touched.
         assert entry.record.rho > 0 and entry.record.fields == ("region", "customer_id")
         assert fed.ledgers(name).egress.verify().ok
+        # The reservation entry names who asked, as the message entries do.
+        entries = [e.record for e in fed.ledgers(name).egress.entries() if e.record.job_id == doc["job_id"]]
+        assert {(r.stage, r.analyst) for r in entries if r.stage == "budget.reserve"} == {
+            ("budget.reserve", entry.record.analyst)
+        }
+        assert entry.record.analyst
 
 
 @pytest.mark.parametrize("stage", ["advertise_keys", "share_keys", "masked_input", "unmask"])

@@ -191,6 +191,7 @@ class DpRunner:
                 epsilon=spec.epsilon,
                 delta=spec.delta,
                 rounds=program.max_rounds(analysis_spec(spec)),
+                analyst=task.submitter,
             )
         )
         try:

@@ -108,7 +108,7 @@ class OverlapRunner:
         label = params.label_for(self.node_id)
         if self.identifiers is None:
             raise PolicyViolation("this node serves no identifiers to match on", code="overlap.no_identifier")
-        reservation = self._reserve(task.job_id, spec)
+        reservation = self._reserve(task.job_id, spec, analyst=task.submitter)
         try:
             values = self.identifiers.identifiers(params.identifier, label=label)
             plan = plan_dummies(rho=reservation.rho, pairs=len(accepted), delta=spec.delta)
@@ -146,7 +146,7 @@ class OverlapRunner:
             return f"node {self.node_id} matches with partner {partner} only on {', '.join(kinds)}"
         return ""
 
-    def _reserve(self, job_id: str, spec: JobSpec) -> Reservation:
+    def _reserve(self, job_id: str, spec: JobSpec, *, analyst: str) -> Reservation:
         rules = self.policy.overlap
         assert rules is not None
         since = datetime.now(UTC) - timedelta(days=self.policy.privacy.period_days)
@@ -172,6 +172,7 @@ class OverlapRunner:
             rho=job_rho(epsilon=spec.epsilon, delta=spec.delta),
             rounds=1,
             dataset=BUDGET_MARK,
+            analyst=analyst,
         )
 
     # -- stage 2 ----------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class BudgetLedger:
         rho: float | None = None,
         rounds: int = 1,
         dataset: str | None = None,
+        analyst: str = "",
         now: datetime | None = None,
     ) -> Reservation:
         """Hold a job's total cost of the node's budget; call BEFORE reading any data.
@@ -180,7 +181,11 @@ class BudgetLedger:
             row.expires_at = moment + self._ttl
             row.settled_at = None
             self._chain(
-                session, "budget.reserve", row, {"rho_reserved": float(row.rho), "rounds": row.rounds}
+                session,
+                "budget.reserve",
+                row,
+                {"rho_reserved": float(row.rho), "rounds": row.rounds},
+                analyst=analyst,
             )
             return _store.load(session, row, moment)
 
@@ -347,7 +352,13 @@ class BudgetLedger:
     # -- internals ---------------------------------------------------------------------------------
 
     def _chain(
-        self, session: Session, stage: str, row: BudgetReservationRow, noise: dict[str, float | int]
+        self,
+        session: Session,
+        stage: str,
+        row: BudgetReservationRow,
+        noise: dict[str, float | int],
+        *,
+        analyst: str = "",
     ) -> None:
         if self._egress is None:
             return
@@ -364,6 +375,7 @@ class BudgetLedger:
             epsilon=0.0,
             delta=0.0,
             policy_hash=self._policy_hash,
+            analyst=analyst[:128],
         )
         self._egress.record(record, b"", session=session)  # nothing leaves: an empty payload
 
