@@ -118,7 +118,6 @@ class NodeAgent:
                         beat_stop.set()
                         beat.join(timeout=2)
             except PkiError as exc:
-                self._stub = None
                 log.error("not connecting to %s: %s", self.config.coordinator, exc.message)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
