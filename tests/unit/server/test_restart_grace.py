@@ -17,7 +17,7 @@ from tessera.core.policy import load_policy
 from tessera.core.types import JobSpec, JobState, PeerIdentity
 from tessera.server.jobs import JobService
 from tessera.server.notifier import Notifier
-from tessera.server.store import open_store
+from tessera.server.store import SqlStore, open_store
 
 REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -33,15 +33,21 @@ class Clock:
         return self.now
 
 
-def test_a_restarted_coordinator_waits_a_silence_window_before_dropping_anyone(tmp_path: Path) -> None:
+def _store(tmp_path: Path) -> SqlStore:
+    """A coordinator store where bank, telco and retailer enrolled at T0."""
     store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
-    clock = Clock()
     for name in ("bank", "telco", "retailer"):
         policy = load_policy(REPO / "policies" / f"{name}.yaml")
         csv = tmp_path / f"{name}.csv"
         write_customers(policy, "customers", csv, rows=20, seed=1)
         schemas = CsvDataSource({"customers": csv}, policy).schemas()
         store.upsert_node(name, node_version="1", policy=policy.summary(), datasets=schemas, now=T0)
+    return store
+
+
+def test_a_restarted_coordinator_waits_a_silence_window_before_dropping_anyone(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    clock = Clock()
 
     def service() -> JobService:
         return JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE)
@@ -67,14 +73,8 @@ def test_a_job_that_cannot_resume_says_whom_it_charged_and_frees_every_node(tmp_
     from tessera.server.budget_mirror import node_budgets
     from tessera.server.dp_job import DriverState
 
-    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    store = _store(tmp_path)
     clock = Clock()
-    for name in ("bank", "telco", "retailer"):
-        policy = load_policy(REPO / "policies" / f"{name}.yaml")
-        csv = tmp_path / f"{name}.csv"
-        write_customers(policy, "customers", csv, rows=20, seed=1)
-        schemas = CsvDataSource({"customers": csv}, policy).schemas()
-        store.upsert_node(name, node_version="1", policy=policy.summary(), datasets=schemas, now=T0)
     service = JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE)
     spec = JobSpec(analysis="count", dataset="customers", purpose="research", epsilon=0.5, delta=1e-7)
     job = service.submit(spec, actor=ANALYST)

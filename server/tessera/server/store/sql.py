@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.sql.dml import Insert
 
 from tessera.core import serde
 from tessera.core.errors import Conflict, NotFound, StoreError, Unavailable
@@ -366,19 +367,7 @@ class SqlStore:
         """Record that ``nodes`` were charged ``rho`` for round ``round`` of a job that has no
         masked inputs to tell (overlap: a node is charged when its first blinded list leaves)."""
         with self._core() as conn:
-            conn.execute(
-                insert(_ROUNDS).values(
-                    job_id=job_id,
-                    round=round,
-                    rho=rho,
-                    state=ROUND_CHARGED,
-                    started_at=now,
-                    survivors=",".join(sorted(nodes)),
-                    dropped="",
-                    metric_json="",
-                    result_json="",
-                )
-            )
+            conn.execute(_new_round(job_id, round, rho, now, state=ROUND_CHARGED, survivors=sorted(nodes)))
 
     # -- rounds of DP jobs -----------------------------------------------------------------------
 
@@ -388,19 +377,7 @@ class SqlStore:
         with self._core() as conn:  # Core statements: once per round of every DP job
             state = conn.execute(select(_ROUNDS.c.state).where(this)).scalar_one_or_none()
             if state is None:
-                conn.execute(
-                    insert(_ROUNDS).values(
-                        job_id=job_id,
-                        round=round,
-                        rho=rho,
-                        state="running",
-                        started_at=now,
-                        survivors="",
-                        dropped="",
-                        metric_json="",
-                        result_json="",
-                    )
-                )
+                conn.execute(_new_round(job_id, round, rho, now, state="running"))
             elif state != "released":
                 conn.execute(update(_ROUNDS).where(this).values(state="running"))
 
@@ -903,3 +880,19 @@ class SqlStore:
                 )
                 for r in s.scalars(query)
             ]
+
+
+def _new_round(
+    job_id: str, round_no: int, rho: float, now: datetime, *, state: str, survivors: Sequence[str] = ()
+) -> Insert:
+    return insert(_ROUNDS).values(
+        job_id=job_id,
+        round=round_no,
+        rho=rho,
+        state=state,
+        started_at=now,
+        survivors=",".join(survivors),
+        dropped="",
+        metric_json="",
+        result_json="",
+    )
