@@ -447,8 +447,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "drop_mode": args.drop_mode,
         "note": (
             "with dropouts the figure includes the coordinator noticing the drop (a killed node's "
-            "closed connection plus a one-second grace; a frozen one's heartbeat silence or the "
-            "stage deadline); "
+            "closed connection plus the stream grace, 0.5 s by default; a frozen one's heartbeat "
+            "silence or the stage deadline); "
             "median_seconds_excluding_wait subtracts the idle wait measured from the job events; "
             ""
             "jobs_before_on_coordinator shows how many jobs the same coordinator ran earlier"

@@ -11,6 +11,7 @@ import typer
 
 from tessera.cli._common import console, friendly_errors
 from tessera.cli.options import DEFAULT_COORDINATOR, LogFile, LogFormat, LogLevel, PkiDir, check_address
+from tessera.core.errors import ConfigError
 
 app = typer.Typer(help="Run the central coordinator.", no_args_is_help=True)
 
@@ -31,6 +32,13 @@ def serve(
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here once serving.")] = None,
     stage_timeout: Annotated[float, typer.Option(help="Seconds a node has to answer a stage.")] = 120.0,
     heartbeat_ms: Annotated[int, typer.Option(help="Heartbeat interval asked of nodes.")] = 2000,
+    stream_grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a node's closed task stream may stay closed before the node counts as "
+            "dropped (raise it for links that take longer to reconnect)."
+        ),
+    ] = 0.5,
     log_file: LogFile = None,
     log_format: LogFormat = "text",
     log_level: LogLevel = "info",
@@ -44,6 +52,8 @@ def serve(
     from tessera.server.store import open_store
 
     check_address(listen, option="--listen", any_port=True)
+    if not 0 < stream_grace <= 600:
+        raise ConfigError(f"--stream-grace is in seconds, above 0 and at most 600; got {stream_grace:g}")
     configure_logging(level=log_level, fmt=log_format, file=log_file)
     store = open_store(db)
     config = CoordinatorConfig(
@@ -51,6 +61,7 @@ def serve(
         tls=TlsFiles.for_identity(pki, "coordinator", name),
         stage_timeout=timedelta(seconds=stage_timeout),
         heartbeat_interval_ms=heartbeat_ms,
+        stream_grace=timedelta(seconds=stream_grace),
     )
     coordinator = Coordinator(config, store)
     port = coordinator.start()

@@ -53,10 +53,14 @@ class CoordinatorConfig:
     heartbeat_interval_ms: int = 2000
     stage_timeout: timedelta = timedelta(minutes=2)
     job_timeout: timedelta = timedelta(minutes=30)
-    tick_seconds: float = 0.25
-    # A node whose task stream closed and did not reopen within this long has dropped (a node
-    # reconnecting after a blip is back well within it: its first retry comes after <= 0.5 s).
-    stream_grace: timedelta = timedelta(seconds=1)
+    # How often deadlines, silence and closed streams are looked at: a stage waiting on a node that
+    # is gone closes at most this long after its grace ran out.
+    tick_seconds: float = 0.1
+    # A node whose task stream closed and did not reopen within this long has dropped. A node
+    # process reconnecting after a blip is back well within it (its first retry comes after at
+    # most 0.2 s, then one TLS handshake and its enrolment); a longer grace makes every crashed
+    # node cost the round that much more (10 nodes at 10^6 values: 0.86 s without a drop).
+    stream_grace: timedelta = timedelta(seconds=0.5)
     # Threads of the pool that runs the job service and store calls (streams hold none).
     max_workers: int = 8
     max_message_bytes: int = MAX_MESSAGE_BYTES

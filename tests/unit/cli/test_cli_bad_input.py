@@ -179,3 +179,9 @@ def test_an_address_out_of_range_is_refused_not_served_elsewhere(
 ) -> None:
     code, out = _run(*args, "--pki", str(pki_dir))
     assert code == 1 and expected in out
+
+
+@pytest.mark.parametrize("grace", ["0", "-1", "601"])
+def test_a_stream_grace_out_of_range_is_refused(pki_dir: Path, grace: str) -> None:
+    code, out = _run("coordinator", "serve", "--stream-grace", grace, "--pki", str(pki_dir))
+    assert code == 1 and "--stream-grace is in seconds, above 0 and at most 600" in out
