@@ -212,7 +212,6 @@ class Worker:
             node_id=name,
             coordinator=self.cfg["address"],
             tls=TlsFiles.for_identity(Path(self.cfg["pki"]), "node", name),
-            backoff_initial_s=0.5,
             backoff_max_s=5.0,
         )
         ledgers = open_ledgers(node_engine(f"sqlite:///{folder / 'ledgers.db'}"), policy)

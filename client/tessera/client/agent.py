@@ -26,7 +26,7 @@ from tessera.client.overlap_source import IdentifierSource
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
 from tessera.core.errors import ConfigError, PkiError, TesseraError, Unavailable
-from tessera.core.grpc_status import MAX_MESSAGE_BYTES
+from tessera.core.grpc_status import KEEPALIVE_MS, MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.pki.server_check import check_coordinator
 from tessera.core.policy import Policy
@@ -94,7 +94,7 @@ class NodeAgent:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
         backoff = self.config.backoff_initial_s

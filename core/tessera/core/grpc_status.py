@@ -36,6 +36,12 @@ _FROM_STATUS: dict[grpc.StatusCode, type[e.TesseraError]] = {
 CODE_KEY = "tessera-error-code"
 # Every channel and server of Tessera: gRPC's default 4 MB cap is too small for a masked vector.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Nodes ping an idle connection this often (HTTP/2 keepalive) to notice a dead coordinator. The
+# coordinator must accept pings at least this often: with grpc's default (one every 5 minutes
+# while it sends nothing) it answers a node whose stream waited quietly for a minute with GOAWAY
+# "too_many_pings", which closes its task stream and, after the stream grace, drops the node
+# from the stage it waits on.
+KEEPALIVE_MS = 20_000
 
 
 def status_for(error: e.TesseraError) -> grpc.StatusCode:

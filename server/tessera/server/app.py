@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core.errors import ConfigError
-from tessera.core.grpc_status import MAX_MESSAGE_BYTES
+from tessera.core.grpc_status import KEEPALIVE_MS, MAX_MESSAGE_BYTES
 from tessera.core.pki import TlsFiles, load_tls, peer_identity, server_credentials
 from tessera.server.analyst_servicer import AnalystServicer
 from tessera.server.auth import AioAuthInterceptor
@@ -74,10 +74,12 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Nodes' keepalive pings are welcome (see KEEPALIVE_MS): half their interval leaves room.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
         ("grpc.so_reuseport", 0),
         # HTTP/2 streams one connection may hold open (a node needs a few; the per-peer limit
         # applies across connections).
