@@ -79,7 +79,7 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         # Nodes' keepalive pings are welcome (see KEEPALIVE_MS): half their interval leaves room.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
         ("grpc.so_reuseport", 0),
         # HTTP/2 streams one connection may hold open (a node needs a few; the per-peer limit
         # applies across connections).
