@@ -192,6 +192,17 @@ class Worker:
         self.agents: dict[str, Any] = {}
         self.threads: dict[str, threading.Thread] = {}
         self.work = Path(cfg["work"])
+        # The agents of this process share what their peer-certificate checks found (keyed by
+        # certificate fingerprint; a pure function of certificate, CA and time). A node on its own
+        # machine checks its 1,000 peers once, in about half a second; 250 nodes here would make
+        # that a quarter of a million checks on two shared cores, starving every heartbeat.
+        self.peer_certificates: dict[str, Any] = {}
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from tessera.core.pki import load_certificate
+
+        ca = load_certificate(Path(cfg["pki"]) / "ca.pem", "CA certificate")
+        self.ca_der = ca.public_bytes(Encoding.DER)
 
     def start(self, name: str) -> None:
         from tessera.client.agent import NodeConfig
@@ -217,6 +228,9 @@ class Worker:
         ledgers = open_ledgers(node_engine(f"sqlite:///{folder / 'ledgers.db'}"), policy)
         agent = self.cls(config, policy, CsvDataSource({"customers": csv}, policy), ledgers)
         agent.rtts, agent.errors = self.rtts, self.errors
+        # (its CA is set too: a node that has not seen the CA yet would empty the shared cache)
+        peers = agent.runner.dp.peers
+        peers._kept, peers._ca = self.peer_certificates, self.ca_der
         thread = threading.Thread(target=agent.run, name=f"node-{name}", daemon=True)
         thread.start()
         self.agents[name], self.threads[name] = agent, thread
