@@ -197,6 +197,7 @@ class Worker:
         # machine checks its 1,000 peers once, in about half a second; 250 nodes here would make
         # that a quarter of a million checks on two shared cores, starving every heartbeat.
         self.peer_certificates: dict[str, Any] = {}
+        self.peer_lock = threading.Lock()  # the first node fetches and checks; the others wait
         from cryptography.hazmat.primitives.serialization import Encoding
 
         from tessera.core.pki import load_certificate
@@ -230,7 +231,7 @@ class Worker:
         agent.rtts, agent.errors = self.rtts, self.errors
         # (its CA is set too: a node that has not seen the CA yet would empty the shared cache)
         peers = agent.runner.dp.peers
-        peers._kept, peers._ca = self.peer_certificates, self.ca_der
+        peers._kept, peers._ca, peers._lock = self.peer_certificates, self.ca_der, self.peer_lock
         thread = threading.Thread(target=agent.run, name=f"node-{name}", daemon=True)
         thread.start()
         self.agents[name], self.threads[name] = agent, thread

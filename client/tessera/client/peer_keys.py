@@ -13,6 +13,7 @@ certificate the CA did not issue to that node name is refused as before.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ class PeerKeys:
         self._fetch = fetch
         self._kept: dict[str, _Verified] = {}  # certificate fingerprint -> what its check found
         self._ca = b""  # the CA (DER) the kept certificates were checked against
+        # One fetch and check at a time: a caller that waited finds what the first one kept.
+        self._lock = threading.Lock()
         self.verified = 0  # certificates checked against the CA in this process (for tests)
 
     def for_setup(
@@ -67,9 +70,10 @@ class PeerKeys:
         revoked = (
             load_revoked_serials(self.crl_path, self.ca_path) if self.crl_path is not None else frozenset()
         )
-        missing = [node for node in setup.participants if pinned[node] not in self._kept]
-        if missing:
-            self._verify_new(setup.job_id, missing, pinned, ca=ca, revoked=revoked, moment=moment)
+        with self._lock:
+            missing = [node for node in setup.participants if pinned[node] not in self._kept]
+            if missing:
+                self._verify_new(setup.job_id, missing, pinned, ca=ca, revoked=revoked, moment=moment)
         keys: dict[str, ec.EllipticCurvePublicKey] = {}
         for node in setup.participants:
             peer = self._kept[pinned[node]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,8 +37,11 @@ class Coordinator:
         self.served = {n: (root / "nodes" / f"{n}.pem").read_text() for n in PEERS}
         self.asked: list[tuple[str, ...]] = []
 
+    delay = 0.0  # seconds each answer takes
+
     def fetch(self, job_id: str, nodes: Sequence[str]) -> dict[str, str]:
         self.asked.append(tuple(nodes))
+        time.sleep(self.delay)
         return {n: self.served[n] for n in nodes if n in self.served}
 
 
@@ -151,3 +155,23 @@ def test_a_new_ca_empties_what_was_kept(own_pki: Path, tmp_path: Path) -> None:
     with pytest.raises(PkiError, match="not issued by this consortium's CA"):
         keys.for_setup(_setup(coordinator.served, job="job-2"))
     assert len(coordinator.asked) == 2
+
+
+def test_callers_at_once_fetch_and_check_each_certificate_once(own_pki: Path) -> None:
+    import threading
+
+    coordinator = Coordinator(own_pki)
+    coordinator.delay = 0.2  # the others arrive while the first fetch is under way
+    keys = _keys(own_pki, coordinator)
+    start = threading.Barrier(4)
+
+    def epoch() -> None:
+        start.wait()
+        keys.for_setup(_setup(coordinator.served))
+
+    threads = [threading.Thread(target=epoch) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert coordinator.asked == [PEERS] and keys.verified == 3
