@@ -16,10 +16,14 @@ from tessera.core.errors import Conflict
 from tessera.core.types import JobSpec
 
 NAMES = ("bank", "telco", "retailer")
-PRIVACY = {"epsilon_per_job": 4.0, "epsilon_per_period": 100.0, "period_days": 30, "delta": 1e-6}
+# ε = 16 per job: at ε = 4 the evaluation's DP noise alone moves the AUC by sd 0.05-0.09 on these
+# 540 held-out customers (runs gave 0.69-0.90, once a clipped 1.0), too wide for a test that must
+# not flake; at 16 it is ~0.02. How honest the interval is under that noise is checked with seeded
+# noise in tests/unit/core/analyses/test_churn_eval.py.
+PRIVACY = {"epsilon_per_job": 16.0, "epsilon_per_period": 100.0, "period_days": 30, "delta": 1e-6}
 
 
-def _churn(epsilon: float = 4.0, participants: tuple[str, ...] = (), **params: object) -> JobSpec:
+def _churn(epsilon: float = 16.0, participants: tuple[str, ...] = (), **params: object) -> JobSpec:
     base: dict[str, object] = {
         "label": "rfm.no_purchase_after",
         "reference_date": "1997-12-31",
@@ -61,15 +65,16 @@ def test_churn_is_trained_and_evaluated_over_real_grpc_on_cdnow(fed: Federation)
     result = doc["result"]
     assert len(result["rounds"]) == 1 + 6 + 1  # preprocessing, six gradient rounds, evaluation
     auc = result["evaluation"]["auc"]
-    # CDNOW's 1/10 sample, ε = 4: RFM separates lapsed buyers well (a central fit gives ~0.8).
+    # CDNOW's 1/10 sample: RFM separates lapsed buyers well (a central fit gives ~0.8).
     assert 0.65 < auc["value"] < 0.95 and auc["ci95"][0] < auc["value"] < auc["ci95"][1]
+    assert 0 < result["evaluation"]["auc_sd_parts"]["dp_noise"] < 0.05
     assert result["budget"]["rho_used"] == pytest.approx(rho_total(spec))
     for name in NAMES:
         assert fed.ledgers(name).budget.remaining().rho_spent == pytest.approx(rho_total(spec))
     card = churn_card.build_card(doc, policy_hashes={n: f"hash-{n}" for n in NAMES})
     assert set(card["privacy"]["participants"]) == set(NAMES)
     for entry in card["privacy"]["participants"].values():
-        assert entry["rho"] == pytest.approx(rho_total(spec)) and entry["epsilon"] <= 4.0 + 1e-9
+        assert entry["rho"] == pytest.approx(rho_total(spec)) and entry["epsilon"] <= 16.0 + 1e-9
     assert len(card["training"]["trace"]) == 8 and card["model"]["columns"][0] == "intercept"
 
 
@@ -80,7 +85,7 @@ def test_a_feature_the_policy_does_not_allow_over_budget_and_too_few_nodes_are_r
         with pytest.raises(Exception, match=r"core_sensitive|customer key"):
             client.submit(_churn(features=("rfm.recency", "customer_id"), lower=(0.0,), upper=(365.0,)))
         with pytest.raises(Exception, match=r"ε per job|epsilon|budget"):
-            client.submit(_churn(epsilon=5.0))  # the policies allow 4 per job
+            client.submit(_churn(epsilon=17.0))  # the policies allow 16 per job
         with pytest.raises(Conflict, match="at least 3"):
             client.submit(_churn(participants=("bank", "telco")))
     for name in NAMES:
