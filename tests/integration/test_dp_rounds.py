@@ -338,3 +338,57 @@ def test_vetoes_that_leave_too_few_nodes_fail_the_job_at_once(fed: Federation) -
     assert "advertise_keys" in doc["error"] and "no node was charged" in doc["error"]
     for name in ("telco", "retailer"):  # the end notice frees what the others reserved
         wait_for(lambda name=name: fed.ledgers(name).budget.remaining().rho_reserved == 0)
+
+
+class LosingAgent(NodeAgent):
+    """A node whose first answer of stage ``lose_at`` does not go: the send fails (a timeout under
+    load) and the task stream breaks, so the coordinator sends the task again after it reconnects."""
+
+    lose_at: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost = 0
+        self.sent: list[bytes] = []
+
+    def _deliver(self, stub: Any, out: Any) -> None:
+        message = out.message
+        if message is not None and message.secagg.codec.endswith("/" + self.lose_at):
+            if not self.lost:
+                self.lost += 1
+                stub = _FailingSubmit(stub)  # recorded (and charged) by the ledger, then lost
+            else:
+                self.sent.append(message.SerializeToString())
+        super()._deliver(stub, out)
+
+
+class _FailingSubmit:
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def SubmitRoundMessage(self, message: Any, timeout: float) -> Any:
+        raise grpc.RpcError("the answer was lost on its way")
+
+
+@pytest.mark.parametrize("stage", ["share_keys", "masked_input"])
+def test_an_answer_lost_on_its_way_is_sent_again_unchanged_and_charged_once(
+    fed: Federation, stage: str
+) -> None:
+    # Under load a node's answer can time out after the SecAgg client moved past the stage. The
+    # coordinator sends the task again; the node must send the same bytes, not compute an answer
+    # again (its keys are past that stage: it used to veto "cannot take part in stage ... now").
+    _start(fed, ("bank", "retailer"))
+    losing = type("Losing", (LosingAgent,), {"lose_at": stage})
+    agent = fed.start_node("telco", policy=open_policy("telco", "telco", fed.work), agent_class=losing)
+    doc = _run(fed, _count())
+    assert doc["status"] == "succeeded", (doc["error"], doc["vetoes"])
+    assert sorted(doc["result"]["survivors"]) == ["bank", "retailer", "telco"]
+    assert isinstance(agent, LosingAgent) and agent.lost == 1 and len(agent.sent) == 1
+    entries = [e for e in fed.ledgers("telco").egress.entries() if e.record.stage == stage]
+    # Recorded when it was first meant to leave and again when it left: the same payload twice.
+    assert len(entries) == 2 and len({e.payload_sha256 for e in entries}) == 1
+    assert _spent(fed, "telco") == pytest.approx(_spent(fed, "bank")) and _spent(fed, "bank") > 0
+    assert fed.ledgers("telco").egress.verify().ok

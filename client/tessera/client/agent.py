@@ -3,7 +3,9 @@
 Partners open no inbound port: the node keeps one server stream of tasks open and reconnects with
 exponential backoff (with jitter) whenever it breaks — coordinator restarts included. Tasks are
 re-sent by the coordinator after a reconnect until answered; the node drops ones it already
-answered, so a task is never computed twice in one node lifetime.
+answered, so a task is never computed twice in one node lifetime. An answer whose sending failed
+(a timeout under load, a broken connection) is kept, and the exact same bytes go again when the
+task comes back: computing it again would find the round's keys already past that stage.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class NodeAgent:
         )
         self._stub: node_pb2_grpc.NodeServiceStub | None = None  # while connected
         self._answered: OrderedDict[str, None] = OrderedDict()
+        # Answers computed whose sending did not complete: the rest of their parts, by task id.
+        self._unsent: OrderedDict[str, tuple[Outgoing, ...]] = OrderedDict()
         self._call: grpc.Future | None = None
         self._stop = threading.Event()
         self._jitter = random.SystemRandom()
@@ -207,34 +211,55 @@ class NodeAgent:
         log.info("task stream ended by the coordinator")
 
     def _answer(self, stub: node_pb2_grpc.NodeServiceStub, task: node_pb2.Task) -> None:
-        out = _with_analyst(self.runner.handle(task), task.submitter)
-        try:
-            self._deliver(stub, out)
-        except TesseraError as exc:
-            # Recording or charging failed, so the message did not leave; say why instead.
-            log.warning("not sent job=%s code=%s", task.job_id, exc.code)
-            self.runner.dp.forget(task.job_id)
-            out = _with_analyst(self.runner.veto(task, exc), task.submitter)
-            self._deliver(stub, out)
+        parts = self._unsent.pop(task.task_id, None)
+        if parts is None:
+            out = _with_analyst(self.runner.handle(task), task.submitter)
+            try:
+                self._send_parts(stub, task.task_id, _parts(out))
+            except TesseraError as exc:
+                # Recording or charging failed, so the message did not leave; say why instead.
+                log.warning("not sent job=%s code=%s", task.job_id, exc.code)
+                self.runner.dp.forget(task.job_id)
+                out = _with_analyst(self.runner.veto(task, exc), task.submitter)
+                self._send_parts(stub, task.task_id, (out,))
+        else:
+            # The coordinator sent the task again because our answer did not reach it (or its
+            # acknowledgement did not reach us): the same bytes again, recorded again, charged
+            # once (a charge is idempotent per round). A replay is acknowledged as one.
+            out = parts[0]
+            self._send_parts(stub, task.task_id, parts)
         # One line per job and stage for the operator: ids, stage, outcome — never data.
         outcome = f"veto code={out.veto.veto.code}" if out.veto is not None else "sent"
         log.info(
-            "task job=%s round=%d stage=%s outcome=%s",
+            "task job=%s round=%d stage=%s outcome=%s%s",
             task.job_id,
             task.round,
             serde.stage_from_pb(task.stage).value,
             outcome,
+            "" if parts is None else " (again)",
         )
         self._answered[task.task_id] = None
         while len(self._answered) > REMEMBERED_TASKS:
             self._answered.popitem(last=False)
 
+    def _send_parts(
+        self, stub: node_pb2_grpc.NodeServiceStub, task_id: str, parts: tuple[Outgoing, ...]
+    ) -> None:
+        """Send ``parts`` in order; if one fails to go, keep it and the rest for the task's return."""
+        for i, part in enumerate(parts):
+            try:
+                self._deliver(stub, part)
+            except TesseraError:
+                raise  # not recorded, so not sent: nothing to send again
+            except Exception:
+                self._unsent[task_id] = parts[i:]
+                while len(self._unsent) > REMEMBERED_TASKS:
+                    self._unsent.popitem(last=False)
+                raise
+
     def _deliver(self, stub: node_pb2_grpc.NodeServiceStub, out: Outgoing) -> None:
-        # The only way out of the node: recorded (and charged) in the ledger, then sent.
-        for part in out.more and (dataclasses.replace(out, more=()), *out.more):
-            self._deliver(stub, part)
-        if out.more:
-            return
+        """One message or veto (one part of a list), out through the ledger, which records and
+        charges it first: the only way out of the node."""
         if out.message is not None:
             message = out.message
             self.ledgers.deliver(out, lambda _: stub.SubmitRoundMessage(message, timeout=RPC_TIMEOUT_S))
@@ -264,6 +289,11 @@ def check_identity(policy: Policy, certificate_name: str) -> None:
             f"the policy {policy.source or 'file'} is for partner {policy.partner!r} but this node's "
             f"certificate names {certificate_name!r}: start each node with its own policy and state"
         )
+
+
+def _parts(out: Outgoing) -> tuple[Outgoing, ...]:
+    """An answer in the order its messages leave (a list in parts: each part on its own)."""
+    return (dataclasses.replace(out, more=()), *out.more) if out.more else (out,)
 
 
 def _with_analyst(out: Outgoing, analyst: str) -> Outgoing:
