@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -439,7 +440,15 @@ def ddg_sigma(
     exponent = math.floor(math.log10(rho)) - 11
     rho_key = math.floor(rho / 10.0**exponent) * 10.0**exponent
     rho_key = min(rho_key, rho)
-    return _sigma(rho_key, survivors_t, cap=cap, b1=b1, b2=b2, d=min(dim, b1, b2), rel_tol=rel_tol)
+    # One calibration at a time in a process: threads that ask for the same σ at once (the nodes
+    # of one process, or a coordinator's planners) wait for the first and read its cache instead
+    # of each repeating the convolutions. 250 harness nodes at t = 1,000 did that under one GIL
+    # and none answered advertise_keys in ten minutes.
+    with _SIGMA_LOCK:
+        return _sigma(rho_key, survivors_t, cap=cap, b1=b1, b2=b2, d=min(dim, b1, b2), rel_tol=rel_tol)
+
+
+_SIGMA_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1024)

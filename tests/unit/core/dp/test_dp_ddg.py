@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,25 @@ def test_calibration_is_cached_and_rounds_rho_down():
     hits = ddg._sigma.cache_info().hits
     ddg_sigma(rho=0.02 * (1 + 1e-14), survivors_t=7, l1=1.0, l2=1.0, dim=3)
     assert ddg._sigma.cache_info().hits == hits + 1
+
+
+def test_threads_asking_for_one_calibration_at_once_compute_it_once():
+    # The nodes of one process reach the same set-up together; each computing σ itself took
+    # 250 harness nodes at t = 1,000 past the heartbeat silence window.
+    start = threading.Barrier(8)
+    found: list[float] = []
+
+    def ask() -> None:
+        start.wait()
+        found.append(ddg_sigma(rho=0.0123456, survivors_t=150, l1=2, l2=2, dim=5))
+
+    misses = ddg._sigma.cache_info().misses
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert ddg._sigma.cache_info().misses == misses + 1 and len(set(found)) == 1
 
 
 @pytest.mark.parametrize(
