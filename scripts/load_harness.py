@@ -162,7 +162,20 @@ def _agent_class() -> type:
                 if stop.wait(interval):
                     return
 
+        def _serve_tasks(self, stub: Any) -> None:
+            # Why a node's task stream ended, counted: the coordinator sees only that it closed.
+            try:
+                super()._serve_tasks(stub)
+            except grpc.RpcError:
+                raise  # counted by _log_rpc_error
+            except Exception as exc:
+                self.errors[f"task:{type(exc).__name__}"] += 1
+                raise
+            self.errors["stream:ended by the coordinator"] += 1
+
         def _answer(self, stub: Any, task: Any) -> None:
+            if task.task_id in self._unsent:
+                self.errors["task:answer sent again"] += 1
             stage = serde.stage_from_pb(task.stage).value
             if self.drop_at and stage == self.drop_at:
                 self.dead = True  # a crash: no answer, the connection goes away
@@ -720,6 +733,7 @@ def one_round(
         slow_here = {n: h.args.slow_seconds for n in slow if n in names}
         if slow_here:
             h.ask(conn, "slow", slow_here)
+    h.stats()  # the nodes' call failures of this round only
     cpu0 = proc_stats(h.pid)["cpu_seconds"]
     started = time.perf_counter()
     job_id = client.submit(spec)
@@ -735,6 +749,7 @@ def one_round(
     if events:
         marks.append(("end", _seconds(events[-1])))
     stages = {f"{i}:{name}": round(marks[i + 1][1] - at, 3) for i, (name, at) in enumerate(marks[:-1])}
+    _, errors = h.stats()
     return {
         "status": doc["status"],
         "wall_seconds": round(wall, 3),
@@ -743,6 +758,7 @@ def one_round(
         "dropped": len(result.get("dropped", [])),
         "stage_seconds": stages,
         "drop_events": [e.message for e in events if e.message.endswith(" dropped")],
+        "node_call_failures": dict(errors),
         "error": doc["error"],
     }
 
