@@ -38,6 +38,9 @@ log = logging.getLogger("tessera.node")
 
 RPC_TIMEOUT_S = 30.0
 REMEMBERED_TASKS = 10_000
+SEND_ATTEMPTS = 3  # calls of one answer on one connection before the stream is rebuilt
+# Calls worth repeating as they are: the coordinator was slow or briefly out of reach.
+_RETRIED = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,17 +248,28 @@ class NodeAgent:
     def _send_parts(
         self, stub: node_pb2_grpc.NodeServiceStub, task_id: str, parts: tuple[Outgoing, ...]
     ) -> None:
-        """Send ``parts`` in order; if one fails to go, keep it and the rest for the task's return."""
+        """Send ``parts`` in order. A part whose call times out goes again on the same connection
+        (the coordinator acknowledges a replay as one): tearing the task stream down for a slow
+        acknowledgement would cost the node its place in the stage it is waited on. If it still
+        does not go, it and the rest are kept for the task's return, and the stream is rebuilt."""
         for i, part in enumerate(parts):
-            try:
-                self._deliver(stub, part)
-            except TesseraError:
-                raise  # not recorded, so not sent: nothing to send again
-            except Exception:
-                self._unsent[task_id] = parts[i:]
-                while len(self._unsent) > REMEMBERED_TASKS:
-                    self._unsent.popitem(last=False)
-                raise
+            for attempt in range(1, SEND_ATTEMPTS + 1):
+                try:
+                    self._deliver(stub, part)
+                    break
+                except TesseraError:
+                    raise  # not recorded, so not sent: nothing to send again
+                except Exception as exc:
+                    code = _status(exc)
+                    if attempt < SEND_ATTEMPTS and code in _RETRIED and not self._stop.wait(0.2 * attempt):
+                        log.warning(
+                            "send failed code=%s attempt=%d; sending the same answer again", code, attempt
+                        )
+                        continue
+                    self._unsent[task_id] = parts[i:]
+                    while len(self._unsent) > REMEMBERED_TASKS:
+                        self._unsent.popitem(last=False)
+                    raise
 
     def _deliver(self, stub: node_pb2_grpc.NodeServiceStub, out: Outgoing) -> None:
         """One message or veto (one part of a list), out through the ledger, which records and
@@ -289,6 +303,13 @@ def check_identity(policy: Policy, certificate_name: str) -> None:
             f"the policy {policy.source or 'file'} is for partner {policy.partner!r} but this node's "
             f"certificate names {certificate_name!r}: start each node with its own policy and state"
         )
+
+
+def _status(exc: BaseException) -> str | None:
+    """The gRPC status name of a failed call, if it is one."""
+    code = getattr(exc, "code", None)
+    status = code() if isinstance(exc, grpc.RpcError) and callable(code) else None
+    return status.name if isinstance(status, grpc.StatusCode) else None
 
 
 def _parts(out: Outgoing) -> tuple[Outgoing, ...]:
