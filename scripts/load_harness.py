@@ -173,6 +173,14 @@ def _agent_class() -> type:
                 raise
             self.errors["stream:ended by the coordinator"] += 1
 
+        def _deliver(self, stub: Any, out: Any) -> None:
+            try:
+                super()._deliver(stub, out)
+            except grpc.RpcError as exc:
+                code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+                self.errors[f"send:{code}"] += 1
+                raise
+
         def _answer(self, stub: Any, task: Any) -> None:
             if task.task_id in self._unsent:
                 self.errors["task:answer sent again"] += 1
