@@ -63,7 +63,11 @@ def test_demo_runs_a_federation_and_cleans_up(tmp_path: Path) -> None:
     (descent,) = (j["result"] for j in dp if j["analysis"] == "mean_descent")
     assert descent["rounds_run"] == 3 and len(descent["rounds"]) == 3 and descent["true_means"]
     (clv,) = (j["result"] for j in dp if j["analysis"] == "clv_fit")
-    assert 0.1 < clv["bgnbd"]["r"]["value"] < 0.6  # CDNOW's r is 0.243 (the paper, on its sample)
+    # CDNOW's r is 0.243 (the paper, on its sample). The demo fits at ε = 0.5 and its DP Newton
+    # steps have a heavy tail: in 600 seeded in-memory runs of this fit (all 23,570 customers,
+    # 3 nodes) r was off its median 0.258 by more than x1.75 in 0.5% of runs (at most x1.9), so
+    # the former 0.1-0.6 (x2.3-2.6) failed about once in 2,000 runs; x4-5 is below 1e-4.
+    assert 0.05 < clv["bgnbd"]["r"]["value"] < 1.0
     _no_plaintext_pii_outside_the_raw_exports(out)
 
 
