@@ -39,8 +39,9 @@ log = logging.getLogger("tessera.node")
 RPC_TIMEOUT_S = 30.0
 REMEMBERED_TASKS = 10_000
 SEND_ATTEMPTS = 3  # calls of one answer on one connection before the stream is rebuilt
-# Calls worth repeating as they are: the coordinator was slow or briefly out of reach.
-_RETRIED = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE", "RESOURCE_EXHAUSTED"})
+# Calls worth repeating on the same connection: the coordinator was slow, or asked the node to
+# slow down. A broken connection (UNAVAILABLE) is not one: the stream is rebuilt at once instead.
+_RETRIED = frozenset({"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 
 
 @dataclass(frozen=True, slots=True)
