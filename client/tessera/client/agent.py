@@ -39,6 +39,9 @@ log = logging.getLogger("tessera.node")
 RPC_TIMEOUT_S = 30.0
 REMEMBERED_TASKS = 10_000
 SEND_ATTEMPTS = 3  # calls of one answer on one connection before the stream is rebuilt
+# Answers kept for their task's return: a node has a few tasks in flight, and a masked input can
+# be megabytes, so only the latest few are kept (an older one's job has long moved on).
+UNSENT_KEPT = 32
 # Calls worth repeating on the same connection: the coordinator was slow, or asked the node to
 # slow down. A broken connection (UNAVAILABLE) is not one: the stream is rebuilt at once instead.
 _RETRIED = frozenset({"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
@@ -268,7 +271,7 @@ class NodeAgent:
                         )
                         continue
                     self._unsent[task_id] = parts[i:]
-                    while len(self._unsent) > REMEMBERED_TASKS:
+                    while len(self._unsent) > UNSENT_KEPT:
                         self._unsent.popitem(last=False)
                     raise
 
