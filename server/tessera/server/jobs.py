@@ -44,6 +44,9 @@ log = logging.getLogger("tessera.coordinator.jobs")
 
 END_CODEC = "job/end"
 PROGRESS_EVERY_S = 0.5  # at most one "k of n answered" event per job this often
+# The ticker runs every 0.1 s; the store's list of running jobs is read at most this often. DP and
+# overlap jobs, whose stages wait on live nodes, are in memory and looked at on every tick.
+LIST_RUNNING_EVERY = timedelta(seconds=1)
 
 
 class JobService:
@@ -80,6 +83,8 @@ class JobService:
         self._progress: dict[str, float] = {}  # job -> when its last progress event was written
         self._progress_owed: set[str] = set()  # jobs whose latest progress is not written yet
         self._up_since = clock()  # when this process started (``recover`` moves it)
+        self._running: tuple[str, ...] = ()  # running jobs as last listed from the store
+        self._listed_at: datetime | None = None  # None: list them again at the next tick
         self._store_versions: dict[str, int] = {}  # node -> moves when store tasks are added
         self._versions_lock = threading.Lock()
         self.overlap = OverlapRelay(self)  # overlap jobs relay PSI lists (overlap_job)
@@ -114,6 +119,7 @@ class JobService:
                 job = self._start_dp_job(job, nodes, state, now=now)
             else:
                 job = self._start_report_round(job, [n.node_id for n in nodes], now=now)
+        self._listed_at = None  # the next tick sees the new job
         log.info("job submitted job=%s analysis=%s nodes=%d", job.job_id, spec.analysis, len(nodes))
         return job
 
@@ -694,19 +700,22 @@ class JobService:
             # nodes: each gets a whole silence window from the start to come back.
             silent_before = datetime.min.replace(tzinfo=UTC)
         seen: dict[str, datetime] | None = None  # read once, and only if a stage is waiting
-        for listed in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,)):
-            dp_job = self._dp.get(listed.job_id)
-            if dp_job is not None and listed.job_id not in self._progress_owed:
+        if self._listed_at is None or not timedelta(0) <= now - self._listed_at < LIST_RUNNING_EVERY:
+            self._running = tuple(
+                j.job_id for j in self.store.list_jobs(limit=1000, states=(JobState.RUNNING,))
+            )
+            self._listed_at = now
+        for job_id in dict.fromkeys((*self._dp, *self.overlap.job_ids(), *self._running)):
+            dp_job = self._dp.get(job_id)
+            if dp_job is not None and job_id not in self._progress_owed:
                 # The common case, without reading the store: nothing of this stage can be late.
                 seen = self.store.last_seen() if seen is None else seen
-                if not _may_be_late(
-                    dp_job, listed, now=now, silent_before=silent_before, gone=gone, seen=seen
-                ):
+                if not _may_be_late(dp_job, now=now, silent_before=silent_before, gone=gone, seen=seen):
                     continue
-            with self._locks.hold(listed.job_id):
-                job = self.store.get_job(listed.job_id)
-                if job.state.terminal:
-                    continue  # ended while the tick waited for its lock
+            with self._locks.hold(job_id):
+                job = self.store.get_job(job_id)
+                if job.state is not JobState.RUNNING:
+                    continue  # not started, or ended while the tick waited for its lock
                 if job.spec.deadline is not None and job.spec.deadline <= now:
                     self._fail(job.job_id, "the job's deadline passed before it finished", now)
                     continue
@@ -758,6 +767,7 @@ class JobService:
         """
         now = self.clock()
         self._up_since = now
+        self._listed_at = None
         for job in self.store.list_jobs(limit=10000, states=(JobState.PENDING, JobState.RUNNING)):
             with self._locks.hold(job.job_id):
                 info = get_analysis(job.spec.analysis)
@@ -815,14 +825,13 @@ class JobService:
 
 def _may_be_late(
     dp_job: DpJob,
-    job: JobRecord,
     *,
     now: datetime,
     silent_before: datetime,
     gone: Collection[str],
     seen: dict[str, datetime],
 ) -> bool:
-    if job.spec.deadline is not None and job.spec.deadline <= now:
+    if dp_job.spec.deadline is not None and dp_job.spec.deadline <= now:
         return True
     open_stage = dp_job.open
     if open_stage is None:

@@ -66,6 +66,10 @@ class OverlapRelay:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
 
+    def job_ids(self) -> tuple[str, ...]:
+        """The overlap jobs this process is running."""
+        return tuple(self._jobs)
+
     def submit(self, spec: JobSpec, *, actor: PeerIdentity) -> JobRecord:
         params = overlap.parse(spec)
         store, now = self.jobs.store, self.jobs.clock()
