@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SILENCE = timedelta(seconds=10)
 ANALYST = PeerIdentity(name="ana", kind="analyst", role="analyst", serial=1)
+COUNT = JobSpec(analysis="count", dataset="customers", purpose="research", epsilon=0.5, delta=1e-7)
 
 
 class Clock:
@@ -52,8 +53,7 @@ def test_a_restarted_coordinator_waits_a_silence_window_before_dropping_anyone(t
     def service() -> JobService:
         return JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE)
 
-    spec = JobSpec(analysis="count", dataset="customers", purpose="research", epsilon=0.5, delta=1e-7)
-    job = service().submit(spec, actor=ANALYST)
+    job = service().submit(COUNT, actor=ANALYST)
     # The coordinator dies; it comes back 30 s later, long after every node's last heartbeat.
     clock.now = T0 + timedelta(seconds=30)
     restarted = service()
@@ -76,8 +76,7 @@ def test_a_job_that_cannot_resume_says_whom_it_charged_and_frees_every_node(tmp_
     store = _store(tmp_path)
     clock = Clock()
     service = JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE)
-    spec = JobSpec(analysis="count", dataset="customers", purpose="research", epsilon=0.5, delta=1e-7)
-    job = service.submit(spec, actor=ANALYST)
+    job = service.submit(COUNT, actor=ANALYST)
     # Round 1's masked input left the bank (it was charged) before the coordinator died, and the
     # job's last saved state keeps fewer nodes than its quorum: it cannot go on after the restart.
     (task,) = store.add_tasks(
@@ -102,12 +101,9 @@ def test_a_job_that_cannot_resume_says_whom_it_charged_and_frees_every_node(tmp_
 def test_the_ticker_reads_the_running_jobs_from_the_store_once_a_second(tmp_path: Path) -> None:
     # It ticks every 0.1 s; listing the jobs each time was 15% of a 100-node round's coordinator
     # CPU. A DP job's stage is looked at on every tick all the same, from memory.
-    store = _store(tmp_path)
-    clock = Clock()
+    store, clock = _store(tmp_path), Clock()
     jobs = JobService(store, clock=clock, notifier=Notifier(), node_silence=SILENCE)
-    spec = JobSpec(analysis="count", dataset="customers", purpose="research", epsilon=0.5, delta=1e-7)
-    job = jobs.submit(spec, actor=ANALYST)
-    listed = 0
+    job, listed = jobs.submit(COUNT, actor=ANALYST), 0
     list_jobs = store.list_jobs
 
     def counted(*args: object, **kwargs: object) -> object:
