@@ -128,6 +128,7 @@ def ensure_templates(cache: Path, rows: int) -> list[Path]:
 def _agent_class() -> type:
     from tessera.client.agent import NodeAgent
     from tessera.core import serde
+    from tessera.core.grpc_status import status_name
     from tessera.v1 import node_pb2
 
     class HarnessAgent(NodeAgent):  # type: ignore[misc,valid-type]
@@ -177,8 +178,7 @@ def _agent_class() -> type:
             try:
                 super()._deliver(stub, out)
             except grpc.RpcError as exc:
-                code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
-                self.errors[f"send:{code}"] += 1
+                self.errors[f"send:{status_name(exc) or 'UNKNOWN'}"] += 1
                 raise
 
         def _answer(self, stub: Any, task: Any) -> None:

@@ -28,7 +28,7 @@ from tessera.client.overlap_source import IdentifierSource
 from tessera.client.runner import TaskRunner
 from tessera.core import __version__, serde
 from tessera.core.errors import ConfigError, PkiError, TesseraError, Unavailable
-from tessera.core.grpc_status import KEEPALIVE_MS, MAX_MESSAGE_BYTES
+from tessera.core.grpc_status import KEEPALIVE_MS, MAX_MESSAGE_BYTES, status_name
 from tessera.core.pki import TlsFiles, channel_credentials
 from tessera.core.pki.server_check import check_coordinator
 from tessera.core.policy import Policy
@@ -264,7 +264,7 @@ class NodeAgent:
                 except TesseraError:
                     raise  # not recorded, so not sent: nothing to send again
                 except Exception as exc:
-                    code = _status(exc)
+                    code = status_name(exc)
                     if attempt < SEND_ATTEMPTS and code in _RETRIED and not self._stop.wait(0.2 * attempt):
                         log.warning(
                             "send failed code=%s attempt=%d; sending the same answer again", code, attempt
@@ -307,13 +307,6 @@ def check_identity(policy: Policy, certificate_name: str) -> None:
             f"the policy {policy.source or 'file'} is for partner {policy.partner!r} but this node's "
             f"certificate names {certificate_name!r}: start each node with its own policy and state"
         )
-
-
-def _status(exc: BaseException) -> str | None:
-    """The gRPC status name of a failed call, if it is one."""
-    code = getattr(exc, "code", None)
-    status = code() if isinstance(exc, grpc.RpcError) and callable(code) else None
-    return status.name if isinstance(status, grpc.StatusCode) else None
 
 
 def _parts(out: Outgoing) -> tuple[Outgoing, ...]:

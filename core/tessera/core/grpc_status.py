@@ -44,6 +44,13 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 KEEPALIVE_MS = 20_000
 
 
+def status_name(exc: BaseException) -> str | None:
+    """The gRPC status name of a failed call (``DEADLINE_EXCEEDED``…), or None if it is not one."""
+    code = getattr(exc, "code", None)
+    status = code() if isinstance(exc, grpc.RpcError) and callable(code) else None
+    return status.name if isinstance(status, grpc.StatusCode) else None
+
+
 def status_for(error: e.TesseraError) -> grpc.StatusCode:
     for cls, status in _TO_STATUS:
         if isinstance(error, cls):
